@@ -1,0 +1,322 @@
+"""Arguments: three dataclasses, a YAML/JSON config file and command-line overrides.
+
+Names follow transformers' official `examples/pytorch/text-classification/run_classification.py`
+wherever the concept exists there, so a command line that works with the official script works here.
+
+    python run_classification.py configs/quickstart.yaml --learning_rate 1e-3
+
+The config file (first positional argument) sets defaults; `--key value` after it overrides them.
+Unknown keys, wrong types and impossible values are a `UsageError` naming the key and the file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import transformers
+import yaml
+
+from .errors import UsageError
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class ModelArguments:
+    """Which model and tokenizer to fine-tune, and how to load them."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "A local model directory or a Hugging Face Hub id (e.g. Qwen/Qwen2.5-0.5B)."}
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to store models downloaded from the Hub."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub access token (or set HF_TOKEN). Never written to logs or outputs."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run modelling code from the model's repository. Only for repositories you trust."},
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Load a checkpoint whose classification head has another number of labels."},
+    )
+    torch_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Weights dtype when loading: auto (bf16 under --bf16, fp16 under --fp16, else fp32), "
+            "bfloat16, float16 or float32.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2 (needs flash-attn), ..."},
+    )
+    padding_side: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pad on the left or right. Default: the tokenizer's own. The head reads the last real "
+            "token either way.",
+            "choices": ["left", "right"],
+        },
+    )
+    pad_token: str | None = field(
+        default=None,
+        metadata={"help": "Pad token to use when the tokenizer has none (default: its eos token)."},
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on, and how to turn it into model inputs."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hugging Face Hub."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data: .jsonl, .json, .csv or .parquet."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data, same formats."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data to predict on, same formats."})
+    train_split_name: str = field(default="train", metadata={"help": "Train split name for a Hub dataset."})
+    validation_split_name: str = field(default="validation", metadata={"help": "Validation split name (Hub)."})
+    test_split_name: str = field(default="test", metadata={"help": "Test split name (Hub)."})
+    validation_split_percentage: float | None = field(
+        default=None,
+        metadata={
+            "help": "Without a validation split, hold out this percentage of train (stratified for single-label, "
+            "deterministic for a given --seed). Default: 10 when evaluation is on and no validation data is given."
+        },
+    )
+    text_column_names: str = field(
+        default="text",
+        metadata={"help": "Text column, or several separated by commas (joined with --text_column_delimiter)."},
+    )
+    text_column_delimiter: str = field(default=" ", metadata={"help": "Joins several text columns."})
+    text_pair_column_name: str | None = field(
+        default=None, metadata={"help": "Column passed to the tokenizer as the second sequence (sentence pairs)."}
+    )
+    label_column_name: str = field(default="label", metadata={"help": "The label column."})
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Label names in id order 0..n-1 (e.g. 积极 消极 中立). Default: the sorted names found in train. "
+            "(Not `label_names`: transformers uses that name for the input keys holding the labels.)",
+            "nargs": "+",
+        },
+    )
+    problem_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Default: inferred from train labels (list -> multi-label, float -> regression, else single).",
+            "choices": ["single_label_classification", "multi_label_classification", "regression"],
+        },
+    )
+    do_regression: bool | None = field(
+        default=None, metadata={"help": "Official-script alias: true forces regression (one output)."}
+    )
+    id_column: str | None = field(
+        default=None, metadata={"help": "Column copied into predict_results.jsonl as `id` (default: the row index)."}
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncate longer inputs to this many tokens. Default: the tokenizer's limit, at most 2048."},
+    )
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={"help": "Pad every input to max_seq_length (the official script's static padding; slower)."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation rows."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use only the first N test rows."})
+    shuffle_train_dataset: bool = field(default=False, metadata={"help": "Shuffle train rows before cutting them."})
+    shuffle_seed: int = field(default=42, metadata={"help": "Seed of --shuffle_train_dataset."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the cache."})
+    metric_name: str | None = field(
+        default=None,
+        metadata={"help": "An extra `evaluate` metric (needs the evaluate package and its metric offline)."},
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """transformers.TrainingArguments, plus what a classification run needs."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an output_dir that already holds a finished run or checkpoints."},
+    )
+
+    def __post_init__(self) -> None:
+        # transformers fills in metric_for_best_model="loss" under load_best_model_at_end; remember whether the
+        # user chose one, so the recipe can default to the metric that suits the problem type instead
+        self.metric_for_best_model_given = self.metric_for_best_model is not None
+        super().__post_init__()
+
+
+DATACLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
+
+
+class ArgumentParser(transformers.HfArgumentParser):
+    """HfArgumentParser whose errors are `UsageError`s (one line, exit 2) instead of argparse's usage dump."""
+
+    def error(self, message: str) -> None:  # argparse calls this for every command-line mistake
+        raise UsageError(f"command line: {message} (see --help)")
+
+
+def make_parser(dataclass_types=DATACLASSES) -> ArgumentParser:
+    return ArgumentParser(dataclass_types)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a flat YAML or JSON config file (YAML with a safe loader)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else (f":{e.lineno}" if hasattr(e, "lineno") else "")
+        raise UsageError(f"{path}{line}: not valid {p.suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of option: value, got a {type(data).__name__}")
+    return data
+
+
+def _coerce(action: argparse.Action, key: str, value: Any, where: str) -> Any:
+    """Convert a config value the way argparse converts the same text on the command line.
+
+    YAML reads `5e-4` as a string and `1e3` as a string too; argparse's `type` turns them into numbers.
+    """
+    if value is None:
+        return None
+    convert = action.type if callable(action.type) else None
+    if action.nargs in ("+", "*"):
+        items = value if isinstance(value, list) else [value]
+        return [_coerce_one(convert, action, key, v, where) for v in items]
+    if isinstance(value, (list, dict)):
+        # nested values (e.g. fsdp_config, deepspeed as a dict) go through unchanged
+        return value
+    return _coerce_one(convert, action, key, value, where)
+
+
+def _coerce_one(convert, action: argparse.Action, key: str, value: Any, where: str) -> Any:
+    if convert is not None and isinstance(value, str):
+        try:
+            value = convert(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            kind = getattr(convert, "__name__", "value")
+            raise UsageError(f"{where}: {key}: {value!r} is not a valid {kind}") from None
+    elif convert in (int, float) and isinstance(value, bool):
+        raise UsageError(f"{where}: {key}: expected a number, got {value!r}")
+    elif convert is float and isinstance(value, int):
+        value = float(value)
+    elif convert is int and isinstance(value, float):
+        if not value.is_integer():
+            raise UsageError(f"{where}: {key}: expected a whole number, got {value!r}")
+        value = int(value)
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(str(c) for c in action.choices)
+        raise UsageError(f"{where}: {key}: {value!r} is not one of: {choices}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None, dataclass_types=DATACLASSES) -> tuple:
+    """Parse `[CONFIG_FILE] [--key value ...]` into the dataclasses (ModelArguments, DataTrainingArguments,
+    TrainingArguments). A `UsageError` explains any mistake."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(dataclass_types)
+    config: dict[str, Any] = {}
+    if argv and not argv[0].startswith("-"):
+        if not argv[0].endswith(CONFIG_SUFFIXES):
+            raise UsageError(
+                f"command line: {argv[0]!r}: the first argument must be a config file ({', '.join(CONFIG_SUFFIXES)}) "
+                "or an option such as --model_name_or_path"
+            )
+        config_path = argv.pop(0)
+        config = read_config_file(config_path)
+        actions = {a.dest: a for a in parser._actions}
+        unknown = sorted(k for k in config if k not in actions or k == "help")
+        if unknown:
+            raise UsageError(
+                f"{config_path}: unknown key(s): {', '.join(unknown)} (see `python run_classification.py --help` "
+                "for the options)"
+            )
+        defaults = {k: _coerce(actions[k], k, v, config_path) for k, v in config.items()}
+        parser.set_defaults(**defaults)
+        for key in defaults:
+            # a required option set in the file is no longer required on the command line
+            actions[key].required = False
+    try:
+        *outputs, remaining = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True, look_for_args_file=False
+        )
+    except ValueError as e:
+        # __post_init__ checks of TrainingArguments (e.g. load_best_model_at_end without matching strategies)
+        raise UsageError(f"invalid arguments: {str(e).strip().splitlines()[0]}") from None
+    if remaining:
+        raise UsageError(f"command line: unknown option(s): {' '.join(remaining)} (see --help)")
+    validate(*outputs)
+    return tuple(outputs)
+
+
+def validate(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments) -> None:
+    """Checks that transformers does not make, each a one-line UsageError."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise UsageError(f"{name} must be at least 1, got {getattr(training_args, name)}")
+    if training_args.learning_rate < 0:
+        raise UsageError(f"learning_rate must not be negative, got {training_args.learning_rate}")
+    if data_args.max_seq_length is not None and data_args.max_seq_length < 1:
+        raise UsageError(f"max_seq_length must be at least 1, got {data_args.max_seq_length}")
+    if data_args.validation_split_percentage is not None and not 0 < data_args.validation_split_percentage < 100:
+        raise UsageError(
+            f"validation_split_percentage must be between 0 and 100, got {data_args.validation_split_percentage}"
+        )
+    if data_args.dataset_name is None and not (data_args.train_file or data_args.validation_file or data_args.test_file):
+        raise UsageError("no data: give --train_file (and --validation_file/--test_file) or --dataset_name")
+    if training_args.do_train and data_args.dataset_name is None and not data_args.train_file:
+        raise UsageError("--do_train needs --train_file (or --dataset_name)")
+    if training_args.label_names not in (None, ["labels"]):
+        raise UsageError(
+            f"label_names {training_args.label_names} is transformers' option for the input keys holding labels; "
+            "to set the label order use class_names"
+        )
+    if data_args.do_regression and data_args.problem_type not in (None, "regression"):
+        raise UsageError(f"do_regression true contradicts problem_type {data_args.problem_type}")
+    out = Path(training_args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output_dir {out} is a file; choose a directory path")
+
+
+def to_loggable_dict(*args_objects) -> dict[str, Any]:
+    """All arguments as one flat dict, with secrets removed: safe to log and to save with the model."""
+    flat: dict[str, Any] = {}
+    for obj in args_objects:
+        d = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+        flat.update(d)
+    for secret in ("token", "hub_token"):
+        if flat.get(secret):
+            flat[secret] = "<redacted>"
+    if "push_to_hub_token" in flat:
+        flat.pop("push_to_hub_token")
+    return flat
+
+
+def hf_token(model_args: ModelArguments) -> str | None:
+    """The access token: --token, else HF_TOKEN from the environment (transformers reads it too)."""
+    return model_args.token or os.environ.get("HF_TOKEN") or None

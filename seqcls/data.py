@@ -1,0 +1,387 @@
+"""Data: load local files or a Hub dataset, check them, carve a validation split, cut, and tokenize.
+
+Local files are read by `datasets.load_dataset` (so the tokenized result is cached on disk and reused),
+after a quick line-by-line scan of JSONL/CSV files that turns the usual mistakes (a malformed line, a
+missing column, a null label, mixed label types) into one-line errors naming the file and line.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import UsageError
+from .labels import MULTI, REGRESSION, SINGLE, LabelSpace, _kind
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Columns:
+    """Which columns hold the text(s), the optional second text, the label and an id."""
+
+    text: list[str]
+    delimiter: str = " "
+    pair: str | None = None
+    label: str = "label"
+    id: str | None = None
+
+    @classmethod
+    def from_args(cls, data_args) -> "Columns":
+        names = data_args.text_column_names
+        text = [c.strip() for c in (names if isinstance(names, list) else str(names).split(",")) if c.strip()]
+        if not text:
+            raise UsageError("text_column_names is empty; name the column(s) holding the text")
+        return cls(
+            text=text,
+            delimiter=data_args.text_column_delimiter,
+            pair=data_args.text_pair_column_name,
+            label=data_args.label_column_name,
+            id=data_args.id_column,
+        )
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.text + ([self.pair] if self.pair else [])
+
+
+@dataclass
+class Source:
+    """Where a split's rows came from, to name the file and line in error messages."""
+
+    name: str
+    lines: list[int] | None = None  # line number of each row, when known
+    row_offset: list[int] = field(default_factory=list)  # row -> original row, after a carve or cut
+
+    def where(self, row: int) -> str:
+        original = self.row_offset[row] if self.row_offset else row
+        if self.lines is not None and original < len(self.lines):
+            return f"{self.name}:{self.lines[original]}"
+        return f"{self.name} row {original + 1}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scanning files
+
+
+def _open_text(path: Path):
+    """Yield (line_number, line) of a UTF-8 file; a byte-order mark is accepted and a bad byte is an error."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UsageError(
+                    f"{path}:{number}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; "
+                    "save the file as UTF-8"
+                ) from None
+
+
+def _check_row(row: dict, cols: Columns, where: str, need_label: bool, available: Iterable[str]) -> None:
+    for name in cols.inputs:
+        if name not in row:
+            raise UsageError(
+                f"{where}: no column {name!r}; columns there: {', '.join(available)}. "
+                "Set text_column_names / text_pair_column_name"
+            )
+        value = row[name]
+        if not isinstance(value, str):
+            raise UsageError(
+                f"{where}: column {name!r} holds {value!r} ({_kind(value)}), not text; quote it as a string"
+            )
+    if need_label and cols.label not in row:
+        raise UsageError(
+            f"{where}: no label column {cols.label!r}; columns there: {', '.join(available)}. Set label_column_name"
+        )
+
+
+def scan_jsonl(path: Path, cols: Columns, need_label: bool) -> list[int]:
+    """Check a JSON-lines file row by row; return the line number of each row (blank lines are skipped)."""
+    lines: list[int] = []
+    first_kind: dict[str, int] = {}
+    bom = path.open("rb").read(3) == codecs.BOM_UTF8
+    crlf = False
+    for number, text in _open_text(path):
+        crlf = crlf or text.endswith("\r\n")
+        if not text.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{where}: expected a JSON object {{...}}, got {_kind(row)}")
+        _check_row(row, cols, where, need_label, list(row))
+        if cols.label in row:
+            kind = _label_kind(row[cols.label], where)
+            first_kind.setdefault(kind, number)
+        lines.append(number)
+    _check_kinds(first_kind, path)
+    if not lines:
+        raise UsageError(f"{path}: the file has no rows; give it at least one JSON object per line")
+    if bom or crlf:
+        logger.info("%s: %s accepted", path, " and ".join(x for x, on in (("a UTF-8 BOM", bom), ("CRLF line ends", crlf)) if on))
+    return lines
+
+
+def _label_kind(value: Any, where: str) -> str:
+    kind = _kind(value)
+    if kind == "null":
+        raise UsageError(f"{where}: the label is null; give every row a label or remove the row")
+    if kind == "float" and value != value or kind == "float" and value in (float("inf"), float("-inf")):
+        raise UsageError(f"{where}: label {value} is not a finite number; fix or remove the row")
+    return "number" if kind in ("int", "float") else kind
+
+
+def _check_kinds(first_kind: dict[str, int], path: Path) -> None:
+    if len(first_kind) > 1:
+        listing = ", ".join(f"{k} (first on line {n})" for k, n in sorted(first_kind.items(), key=lambda kv: kv[1]))
+        raise UsageError(
+            f"{path}: the label column mixes types: {listing}; use one type: strings or integers for single-label, "
+            "lists for multi-label, numbers for regression"
+        )
+
+
+def scan_csv(path: Path, cols: Columns, need_label: bool) -> list[int]:
+    """Check a CSV/TSV file row by row (header, ragged rows, missing columns); return each row's line number."""
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    lines: list[int] = []
+    decoded = (text for _, text in _open_text(path))
+    reader = csv.reader(decoded, delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UsageError(f"{path}: the file is empty; it needs a header line and rows") from None
+    row_stub = {name: "" for name in header}
+    _check_row(row_stub, cols, f"{path}:1", need_label, header)
+    for row in reader:
+        number = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise UsageError(
+                f"{path}:{number}: {len(row)} fields where the header has {len(header)}; quote fields that "
+                "contain the delimiter"
+            )
+        record = dict(zip(header, row))
+        if need_label and not record.get(cols.label, "").strip():
+            raise UsageError(f"{path}:{number}: the label is empty; give every row a label or remove the row")
+        lines.append(number)
+    if not lines:
+        raise UsageError(f"{path}: the file has a header but no rows")
+    return lines
+
+
+def scan_file(path: str, cols: Columns, need_label: bool) -> Source:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"data file {path} does not exist" + (" (it is a directory)" if p.is_dir() else ""))
+    suffix = p.suffix.lower()
+    if suffix not in FORMATS:
+        raise UsageError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FORMATS)}")
+    if p.stat().st_size == 0:
+        raise UsageError(f"{path}: the file is empty")
+    if suffix in (".jsonl", ".json"):
+        head = p.open("rb").read(64).lstrip(codecs.BOM_UTF8).lstrip()
+        if suffix == ".json" and head.startswith(b"["):
+            return Source(path)  # a JSON array: datasets reads it; rows are checked after loading
+        return Source(path, scan_jsonl(p, cols, need_label))
+    if suffix in (".csv", ".tsv"):
+        return Source(path, scan_csv(p, cols, need_label))
+    return Source(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_raw_datasets(data_args, cache_dir: str | None = None, token: str | None = None, seed: int = 42,
+                      want_validation: bool = False):
+    """Return (DatasetDict with train/validation/test as given, {split: Source})."""
+    import datasets
+
+    cols = Columns.from_args(data_args)
+    sources: dict[str, Source] = {}
+    if data_args.dataset_name:
+        try:
+            raw = datasets.load_dataset(
+                data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir, token=token
+            )
+        except Exception as e:  # the Hub or a local dataset script: many exception types
+            raise UsageError(f"dataset {data_args.dataset_name!r} could not be loaded: {str(e).splitlines()[0]}") from None
+        renames = {
+            data_args.train_split_name: "train",
+            data_args.validation_split_name: "validation",
+            data_args.test_split_name: "test",
+        }
+        raw = datasets.DatasetDict({renames[k]: v for k, v in raw.items() if k in renames})
+        for split in raw:
+            sources[split] = Source(f"{data_args.dataset_name}[{split}]")
+    else:
+        files = {
+            split: getattr(data_args, f"{split}_file")
+            for split in SPLITS
+            if getattr(data_args, f"{split}_file")
+        }
+        suffixes = {FORMATS.get(Path(f).suffix.lower()) for f in files.values()}
+        for split, path in files.items():
+            sources[split] = scan_file(path, cols, need_label=split != "test")
+        if len(suffixes) > 1:
+            raise UsageError(f"data files mix formats ({', '.join(files.values())}); use one format for all splits")
+        builder = suffixes.pop()
+        kwargs = {"delimiter": "\t"} if builder == "csv" and any(f.endswith(".tsv") for f in files.values()) else {}
+        try:
+            raw = datasets.load_dataset(builder, data_files=files, cache_dir=cache_dir, **kwargs)
+        except Exception as e:  # pyarrow/pandas parse errors come in many types
+            raise UsageError(f"{', '.join(files.values())}: could not be read: {str(e).splitlines()[0]}") from None
+
+    for split, ds in raw.items():
+        check_columns(ds, cols, sources[split], need_label=split != "test")
+
+    if "validation" not in raw and "train" in raw and (want_validation or data_args.validation_split_percentage):
+        percentage = data_args.validation_split_percentage or 10.0
+        raw, sources = carve_validation(raw, sources, cols.label, percentage, seed)
+    return raw, sources
+
+
+def check_columns(ds, cols: Columns, source: Source, need_label: bool) -> None:
+    """Columns exist and hold text; the split is not empty."""
+    if len(ds) == 0:
+        raise UsageError(f"{source.name}: the split is empty")
+    available = ds.column_names
+    for name in cols.inputs + ([cols.label] if need_label else []):
+        if name not in available:
+            what = "label column" if name == cols.label else "column"
+            raise UsageError(
+                f"{source.name}: no {what} {name!r}; columns there: {', '.join(available)}. "
+                "Set text_column_names / text_pair_column_name / label_column_name"
+            )
+    if source.lines is None:  # JSON arrays, parquet, Hub: check the values here
+        for name in cols.inputs:
+            for i, value in enumerate(ds[name]):
+                if not isinstance(value, str):
+                    raise UsageError(f"{source.where(i)}: column {name!r} holds {value!r}, not text")
+
+
+def carve_validation(raw, sources: dict, label_column: str, percentage: float, seed: int):
+    """Hold out `percentage` of train as validation: stratified by label for single-label data, deterministic."""
+    import datasets
+
+    train = raw["train"]
+    labels = train[label_column]
+    by_label: dict[str, list[int]] = {}
+    for i, value in enumerate(labels):
+        key = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else repr(value)
+        by_label.setdefault(key, []).append(i)
+    stratify = all(not isinstance(v, (list, float)) for v in labels[:1000]) and len(by_label) <= max(2, len(labels) // 2)
+    rng = random.Random(seed)
+    held: list[int] = []
+    if stratify:
+        for key in sorted(by_label):
+            idx = by_label[key][:]
+            rng.shuffle(idx)
+            k = round(len(idx) * percentage / 100)
+            held.extend(idx[: k if len(idx) > 1 else 0])
+    else:
+        idx = list(range(len(train)))
+        rng.shuffle(idx)
+        held = idx[: round(len(idx) * percentage / 100)]
+    held_set = set(held)
+    if not held_set or len(held_set) == len(train):
+        raise UsageError(
+            f"{sources['train'].name}: validation_split_percentage {percentage} leaves an empty split "
+            f"of {len(train)} rows; give a validation_file or another percentage"
+        )
+    held = sorted(held_set)
+    kept = [i for i in range(len(train)) if i not in held_set]
+    out = datasets.DatasetDict(raw)
+    out["train"] = train.select(kept)
+    out["validation"] = train.select(held)
+    src = sources["train"]
+    sources = dict(sources)
+    sources["train"] = Source(src.name, src.lines, kept)
+    sources["validation"] = Source(src.name, src.lines, held)
+    logger.info("validation: %d rows held out of %s (%.1f%%, seed %d%s)", len(held), src.name, percentage, seed,
+                ", stratified" if stratify else "")
+    return out, sources
+
+
+def cut(ds, max_samples: int | None):
+    """The first `max_samples` rows (before tokenizing, so nothing is tokenized for nothing)."""
+    if max_samples is None or max_samples >= len(ds):
+        return ds
+    return ds.select(range(max_samples))
+
+
+def check_labels(ds, label_space: LabelSpace, label_column: str, source: Source) -> None:
+    """Every label of a split encodes in the label space: an unseen label is an error naming its row."""
+    for i, value in enumerate(ds[label_column]):
+        label_space.encode(value, source.where(i))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenization (shared by training and prediction)
+
+
+def join_texts(batch: dict[str, list], columns: Sequence[str], delimiter: str) -> list[str]:
+    """One text per row from one or more text columns."""
+    if len(columns) == 1:
+        return [t if t is not None else "" for t in batch[columns[0]]]
+    return [delimiter.join(t if t is not None else "" for t in parts) for parts in zip(*(batch[c] for c in columns))]
+
+
+def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False):
+    """Tokenize texts (and optional second texts) the one way this project does, for training and prediction."""
+    return tokenizer(
+        texts,
+        pairs,
+        truncation=True if pairs is None else "longest_first",
+        max_length=max_length,
+        padding="max_length" if padding is True else False,
+    )
+
+
+def tokenize(raw, tokenizer, label_space: LabelSpace | None, cols: Columns, max_length: int,
+             pad_to_max_length: bool = False, num_proc: int | None = None, overwrite_cache: bool = False,
+             sources: dict | None = None):
+    """Tokenize every split with `Dataset.map(batched=True)`; add `labels` where the split has them."""
+
+    def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        texts = join_texts(batch, cols.text, cols.delimiter)
+        pairs = batch[cols.pair] if cols.pair else None
+        out = dict(encode_texts(tokenizer, texts, pairs, max_length, pad_to_max_length))
+        if label_space is not None and cols.label in batch:
+            out["labels"] = [label_space.encode(v, f"row {i + 1}") for v, i in zip(batch[cols.label], indices)]
+        return out
+
+    result = {}
+    for split, ds in raw.items():
+        result[split] = ds.map(
+            encode,
+            batched=True,
+            with_indices=True,
+            num_proc=num_proc,
+            remove_columns=ds.column_names,
+            load_from_cache_file=not overwrite_cache,
+            desc=f"Tokenizing {split}",
+        )
+    import datasets
+
+    return datasets.DatasetDict(result)
+
+
+__all__ = [
+    "Columns", "Source", "load_raw_datasets", "cut", "check_labels", "join_texts", "encode_texts", "tokenize",
+    "MULTI", "REGRESSION", "SINGLE",
+]

@@ -1,0 +1,279 @@
+"""The training recipe: arguments -> data -> label space -> tokenizer + model -> tokenize -> Trainer -> outputs.
+
+`main` reads top to bottom like the script a user would write by hand. The same code runs under
+`python run_classification.py ...`, `accelerate launch run_classification.py ...` and `torchrun`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, Trainer, set_seed
+
+from .arguments import hf_token, parse_args, to_loggable_dict
+from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
+from .errors import UsageError
+from .labels import LabelSpace, build_label_space, label_space_from_config
+from .loss import ClassificationLoss
+from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics
+from .modeling import load_model, load_tokenizer, max_length_for, resolve_dtype
+from .outputs import classification_report, decode, write_json, write_jsonl
+
+logger = logging.getLogger("seqcls")
+
+FINISHED_MARKERS = ("all_results.json", "model.safetensors", "adapter_model.safetensors")
+SEQCLS_CONFIG = "seqcls.json"
+
+
+def setup_logging(training_args) -> None:
+    import datasets
+    import transformers
+
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)], level=level)
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_explicit_format()
+
+
+def checkpoint_to_resume(training_args) -> str | None:
+    """Resume from the last checkpoint in output_dir; refuse to clobber a finished run unless asked."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if training_args.resume_from_checkpoint:
+        path = Path(training_args.resume_from_checkpoint)
+        if not path.is_dir():
+            raise UsageError(f"resume_from_checkpoint {path} is not a directory; give a checkpoint-N directory")
+        return str(path)
+    out = Path(training_args.output_dir)
+    if not training_args.do_train or not out.is_dir():
+        return None
+    last = get_last_checkpoint(str(out))
+    if training_args.overwrite_output_dir:
+        if last is not None and training_args.process_index == 0:
+            for ckpt in out.glob("checkpoint-*"):
+                shutil.rmtree(ckpt, ignore_errors=True)
+            logger.warning("overwrite_output_dir: removed the old checkpoints in %s", out)
+        return None
+    if last is not None:
+        logger.info("resuming from %s (use --overwrite_output_dir true to start afresh)", last)
+        return last
+    finished = [m for m in FINISHED_MARKERS if (out / m).exists()]
+    if finished:
+        raise UsageError(
+            f"output_dir {out} already holds a finished run ({finished[0]}); use another output_dir, "
+            "or --overwrite_output_dir true to replace it"
+        )
+    return None
+
+
+class ClassificationTrainer(Trainer):
+    """Trainer whose evaluation and prediction keep the dataset's order.
+
+    transformers 5.x evaluates with a random LengthGroupedSampler when `train_sampling_strategy group_by_length`
+    is on, so predictions come back shuffled (the official script then scores a 0.82 model as 0.50). We sort eval
+    and test rows by length ourselves (the same speed-up) and need them back in exactly that order.
+    """
+
+    def _get_eval_sampler(self, eval_dataset):
+        if eval_dataset is None or self.args.world_size > 1:
+            return None  # accelerate shards the rows in order; gather_for_metrics drops the padding duplicates
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
+
+def sorted_by_length(ds) -> tuple[Any, np.ndarray]:
+    """The dataset sorted longest first (the biggest batch comes first: an OOM shows at once), and the order."""
+    lengths = np.fromiter((len(x) for x in ds["input_ids"]), dtype=np.int64, count=len(ds))
+    order = np.argsort(-lengths, kind="stable")
+    return ds.select(order), order
+
+
+def predict_in_order(trainer, ds, prefix: str):
+    """trainer.predict over length-sorted rows, with logits and labels returned in the dataset's order."""
+    sorted_ds, order = sorted_by_length(ds)
+    output = trainer.predict(sorted_ds, metric_key_prefix=prefix)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    labels = None if output.label_ids is None else np.asarray(output.label_ids)[inverse]
+    return np.asarray(logits)[inverse], labels, output.metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the recipe; return all results. Raises UsageError for the user's mistakes."""
+    # --- Arguments, seed, logging -------------------------------------------------------------------
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    token = hf_token(model_args)
+    logger.info("world size %d, process %d, device %s, bf16 %s, fp16 %s", training_args.world_size,
+                training_args.process_index, training_args.device, training_args.bf16, training_args.fp16)
+    resume = checkpoint_to_resume(training_args)
+
+    # --- Data -----------------------------------------------------------------------------------------
+    cols = Columns.from_args(data_args)
+    with training_args.main_process_first(desc="loading data"):
+        raw, sources = load_raw_datasets(
+            data_args, cache_dir=model_args.cache_dir, token=token, seed=training_args.seed,
+            want_validation=training_args.do_train and training_args.eval_strategy != "no",
+        )
+    if training_args.do_train and "train" not in raw:
+        raise UsageError("--do_train needs a train split: give --train_file")
+    if training_args.do_eval and "validation" not in raw:
+        raise UsageError("--do_eval needs validation data: give --validation_file or --validation_split_percentage")
+    if training_args.do_predict and "test" not in raw:
+        raise UsageError("--do_predict needs --test_file")
+
+    # --- Label space ----------------------------------------------------------------------------------
+    if "train" in raw:
+        label_space = build_label_space(
+            raw["train"][cols.label], problem_type=data_args.problem_type, class_names=data_args.class_names,
+            do_regression=data_args.do_regression, where=sources["train"].name,
+        )
+    else:  # evaluate or predict with a trained model: its config holds the label space
+        label_space = saved_label_space(model_args, token)
+    for split in ("validation", "test"):
+        if split in raw and cols.label in raw[split].column_names:
+            check_labels(raw[split], label_space, cols.label, sources[split])
+    logger.info("label space: %s, %d label(s) %s", label_space.problem_type, label_space.num_labels,
+                list(label_space.names)[:20])
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
+                         ("test", data_args.max_predict_samples)):
+        if split in raw:
+            if split == "train" and data_args.shuffle_train_dataset:
+                raw["train"] = raw["train"].shuffle(seed=data_args.shuffle_seed)
+            raw[split] = cut(raw[split], limit)
+
+    # --- Tokenizer and model --------------------------------------------------------------------------
+    tokenizer = load_tokenizer(model_args, token)
+    dtype = resolve_dtype(model_args.torch_dtype, training_args.bf16, training_args.fp16)
+    model = load_model(model_args, label_space, tokenizer, dtype=dtype, token=token)
+    max_length = max_length_for(tokenizer, model, data_args.max_seq_length)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model %s: %.1fM parameters, dtype %s, attention %s, max length %d, padding side %s",
+                model.config.model_type, n_params / 1e6, dtype, model_args.attn_implementation, max_length,
+                tokenizer.padding_side)
+
+    # --- Tokenize (once: the main process first, the others read its cache) ----------------------------
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenized = tokenize(raw, tokenizer, label_space, cols, max_length, data_args.pad_to_max_length,
+                             data_args.preprocessing_num_workers, data_args.overwrite_cache)
+
+    # --- Trainer --------------------------------------------------------------------------------------
+    if not training_args.metric_for_best_model_given:
+        name, greater = BEST_METRIC[label_space.problem_type]
+        training_args.metric_for_best_model = name
+        training_args.greater_is_better = greater
+    mixed = training_args.bf16 or training_args.fp16
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if mixed else None)
+    trainer = ClassificationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized.get("train") if training_args.do_train else None,
+        eval_dataset=tokenized.get("validation"),
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=build_compute_metrics(label_space, data_args.metric_name),
+        compute_loss_func=ClassificationLoss(label_space.problem_type),
+    )
+    out = Path(training_args.output_dir)
+    results: dict[str, Any] = {}
+
+    # --- Train ----------------------------------------------------------------------------------------
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        metrics = dict(train_result.metrics)
+        metrics["train_samples"] = len(tokenized["train"])
+        metrics["world_size"] = training_args.world_size
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        results.update(metrics)
+        if trainer.is_world_process_zero():
+            write_json(out / SEQCLS_CONFIG, seqcls_config(label_space, cols, max_length))
+            write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
+
+    # --- Evaluate -------------------------------------------------------------------------------------
+    if training_args.do_eval:
+        logits, labels, metrics = predict_in_order(trainer, tokenized["validation"], "eval")
+        metrics["eval_samples"] = len(tokenized["validation"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+        if trainer.is_world_process_zero():
+            write_json(out / "eval_report.json", classification_report(label_space, logits, labels))
+
+    # --- Predict --------------------------------------------------------------------------------------
+    if training_args.do_predict:
+        test = tokenized["test"]
+        logits, labels, metrics = predict_in_order(trainer, test, "test")
+        if labels is not None and cols.label in raw["test"].column_names:
+            metrics.update({f"test_{k}": v for k, v in classification_metrics(label_space, logits, labels).items()})
+            metrics["test_samples"] = len(test)
+            trainer.log_metrics("test", metrics)
+            trainer.save_metrics("test", metrics)
+            results.update(metrics)
+        if trainer.is_world_process_zero():
+            ids = raw["test"][cols.id] if cols.id and cols.id in raw["test"].column_names else range(len(test))
+            rows = ({"id": i, **row} for i, row in zip(ids, decode(label_space, logits)))
+            write_jsonl(out / "predict_results.jsonl", rows)
+            if labels is not None:
+                write_json(out / "test_report.json", classification_report(label_space, logits, labels))
+            logger.info("predictions: %s (%d rows)", out / "predict_results.jsonl", len(test))
+    return results
+
+
+def seqcls_config(label_space: LabelSpace, cols: Columns, max_length: int) -> dict[str, Any]:
+    """What prediction needs besides the model: the same text joining, truncation and label space."""
+    from . import __version__
+
+    return {
+        "seqcls_version": __version__,
+        "label_space": label_space.to_dict(),
+        "text_column_names": cols.text,
+        "text_column_delimiter": cols.delimiter,
+        "text_pair_column_name": cols.pair,
+        "max_seq_length": max_length,
+        "thresholds": None,
+    }
+
+
+def saved_label_space(model_args, token: str | None) -> LabelSpace:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, token=token,
+                                            trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"model {model_args.model_name_or_path!r} could not be loaded: {str(e).splitlines()[0]}") from None
+    if not getattr(config, "problem_type", None):
+        raise UsageError(
+            f"{model_args.model_name_or_path}: no label space in its config (no problem_type); "
+            "give --train_file to train a classifier first"
+        )
+    return label_space_from_config(config.id2label, config.problem_type)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Console entry point `seqcls-train`: usage errors are one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except UsageError as e:
+        if os.environ.get("SEQCLS_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,63 @@
+import pytest
+
+from seqcls.errors import UsageError
+from seqcls.labels import MULTI, REGRESSION, SINGLE, LabelSpace, build_label_space, infer_problem_type
+
+
+def test_problem_type_is_inferred_from_label_values():
+    assert infer_problem_type(["积极", "消极"]) == SINGLE
+    assert infer_problem_type([0, 2, 1]) == SINGLE
+    assert infer_problem_type([["a"], ["a", "b"], []]) == MULTI
+    assert infer_problem_type([0.5, 3, 4.2]) == REGRESSION
+
+
+def test_mixed_label_types_are_an_error_that_counts_them():
+    with pytest.raises(UsageError, match=r"mixes types \(1 int, 2 str\)"):
+        infer_problem_type(["a", 1, "b"], "train.jsonl")
+
+
+def test_label_order_is_sorted_unless_class_names_are_given():
+    space = build_label_space(["消极", "积极", "中立", "积极"])
+    assert space.names == tuple(sorted(["消极", "积极", "中立"]))
+    ordered = build_label_space(["消极", "积极", "中立"], class_names=["积极", "消极", "中立"])
+    assert ordered.id2label == {0: "积极", 1: "消极", 2: "中立"}
+    assert ordered.encode("中立", "x") == 2
+
+
+def test_integer_labels_sort_numerically():
+    assert build_label_space([10, 2, 1]).names == ("1", "2", "10")
+
+
+def test_class_names_must_cover_train_labels():
+    with pytest.raises(UsageError, match=r"\['c'\] are not in class_names"):
+        build_label_space(["a", "b", "c"], class_names=["a", "b"])
+
+
+def test_multi_label_rows_become_multi_hot_vectors():
+    space = build_label_space([["billing"], ["refund", "billing"], ["shipping"]])
+    assert space.problem_type == MULTI
+    assert space.encode(["shipping", "billing"], "x") == [1.0, 0.0, 1.0]
+
+
+def test_unseen_label_names_its_place_and_the_fix():
+    space = build_label_space(["a", "b"])
+    with pytest.raises(UsageError, match=r"dev.jsonl:7: label 'z' is not among the train labels \['a', 'b'\]"):
+        space.encode("z", "dev.jsonl:7")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "high", None])
+def test_regression_labels_must_be_finite_numbers(bad):
+    space = build_label_space([1.0, 2.5], do_regression=True)
+    assert space.num_labels == 1
+    with pytest.raises(UsageError):
+        space.encode(bad, "x:1")
+
+
+def test_list_label_in_single_label_data_is_an_error():
+    with pytest.raises(UsageError, match="single-label"):
+        build_label_space(["a", "b"]).encode(["a"], "x:3")
+
+
+def test_single_label_needs_two_classes():
+    with pytest.raises(UsageError, match="at least 2 labels"):
+        LabelSpace(SINGLE, ("only",))
