@@ -1,0 +1,58 @@
+"""Shared fixtures: offline settings, the tiny Qwen2 built once per session, and running the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Offline and project-local, before transformers or datasets are imported anywhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", str(ROOT / ".hf_home"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The embedded tiny Qwen2 base model (random weights, real Qwen2 tokenizer), built once."""
+    from seqcls import tiny
+
+    return tiny.build(tmp_path_factory.mktemp("models") / "tiny-qwen2", size="tiny", seed=0)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python <script or -m module> args...` as a user would; return the finished process."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def train_args(model_dir: Path, output_dir: Path, *extra: str, data: str = "data/example.jsonl",
+               test: str | None = "data/example_test.jsonl") -> list[str]:
+    """A small, fast training command line on the tiny model."""
+    args = [
+        str(ROOT / "run_classification.py"),
+        "--model_name_or_path", str(model_dir),
+        "--train_file", str(ROOT / data),
+        "--output_dir", str(output_dir),
+        "--do_train", "--do_eval",
+        "--validation_split_percentage", "15",
+        "--max_seq_length", "64",
+        "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "16",
+        "--learning_rate", "3e-3",
+        "--use_cpu", "true",
+        "--report_to", "none",
+        "--save_strategy", "no",
+        "--eval_strategy", "no",
+        "--seed", "0",
+    ]
+    if test:
+        args += ["--test_file", str(ROOT / test), "--do_predict"]
+    return args + list(extra)
