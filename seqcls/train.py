@@ -32,13 +32,15 @@ SEQCLS_CONFIG = "seqcls.json"
 
 
 def setup_logging(training_args) -> None:
+    """Our own progress lines at INFO on the main process; transformers and datasets at `log_level`."""
     import datasets
     import transformers
 
     level = training_args.get_process_log_level()
+    ours = logging.INFO if training_args.should_log and training_args.log_level == "passive" else level
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)], level=level)
-    logger.setLevel(level)
+    logger.setLevel(ours)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_explicit_format()

@@ -1,0 +1,95 @@
+"""Data loading and checks: one-line errors with file and line, deterministic validation split, cutting."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from seqcls.data import Columns, carve_validation, load_raw_datasets, scan_file
+from seqcls.errors import UsageError
+
+COLS = Columns(text=["text"])
+
+
+def data_args(**kw):
+    base = dict(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None, test_file=None,
+                text_column_names="text", text_column_delimiter=" ", text_pair_column_name=None,
+                label_column_name="label", id_column=None, validation_split_percentage=None)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def jsonl(tmp_path, rows, name="d.jsonl"):
+    p = tmp_path / name
+    p.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                 encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"text": "a", "label": "x"}, '{"text": "b", "label": '], r"d.jsonl:2: invalid JSON"),
+    ([{"text": "a", "label": "x"}, {"body": "b", "label": "y"}], r"d.jsonl:2: no column 'text'; columns there: body, label"),
+    ([{"text": "a"}], r"d.jsonl:1: no label column 'label'; columns there: text"),
+    ([{"text": "a", "label": None}], r"d.jsonl:1: the label is null"),
+    ([{"text": "a", "label": "x"}, {"text": "b", "label": 1}], r"mixes types: str \(first on line 1\), number \(first on line 2\)"),
+    ([{"text": 42, "label": "x"}], r"d.jsonl:1: column 'text' holds 42 \(int\), not text"),
+    ([], r"d.jsonl: the file is empty"),
+])
+def test_bad_jsonl_gives_one_line_naming_file_and_line(tmp_path, rows, message):
+    path = jsonl(tmp_path, rows)
+    with pytest.raises(UsageError, match=message) as info:
+        scan_file(str(path), COLS, need_label=True)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_and_non_utf8(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        scan_file(str(tmp_path / "nope.jsonl"), COLS, True)
+    p = tmp_path / "latin.jsonl"
+    p.write_bytes('{"text": "ok", "label": "x"}\n{"text": "caf\xe9", "label": "y"}\n'.encode("latin-1"))
+    with pytest.raises(UsageError, match=r"latin.jsonl:2: byte 0xe9 .* not UTF-8"):
+        scan_file(str(p), COLS, True)
+
+
+def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
+    p = tmp_path / "win.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"text": "a", "label": "x"}\r\n\r\n{"text": "b", "label": "y"}\r\n')
+    source = scan_file(str(p), COLS, True)
+    assert source.lines == [1, 3]
+    raw, _ = load_raw_datasets(data_args(train_file=str(p)))
+    assert raw["train"]["text"] == ["a", "b"]
+
+
+def test_csv_ragged_row(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\nhello,a\n\"x, y\",b\nbad,row,here\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"d.csv:4: 3 fields where the header has 2"):
+        scan_file(str(p), COLS, True)
+
+
+def test_csv_loads_with_typed_labels(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\nhello,0.5\nworld,2.25\n", encoding="utf-8")
+    raw, _ = load_raw_datasets(data_args(train_file=str(p)))
+    assert raw["train"]["label"] == [0.5, 2.25]
+
+
+def test_validation_split_is_stratified_and_deterministic(tmp_path):
+    rows = [{"text": f"t{i}", "label": "a" if i % 4 else "b"} for i in range(200)]
+    p = jsonl(tmp_path, rows)
+    args = data_args(train_file=str(p), validation_split_percentage=10)
+    raw1, sources = load_raw_datasets(args, seed=3)
+    raw2, _ = load_raw_datasets(args, seed=3)
+    assert raw1["validation"]["text"] == raw2["validation"]["text"]
+    assert len(raw1["validation"]) == 20 and len(raw1["train"]) == 180
+    assert raw1["validation"]["label"].count("b") == 5  # 25% of rows are b, 25% of the held-out rows too
+    assert not set(raw1["validation"]["text"]) & set(raw1["train"]["text"])
+    # error locations still point at the original file lines after the carve
+    first = raw1["validation"]["text"][0]
+    assert sources["validation"].where(0) == f"{p}:{int(first[1:]) + 1}"
+
+
+def test_split_without_a_column_lists_the_columns(tmp_path):
+    train = jsonl(tmp_path, [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}], "train.jsonl")
+    test = jsonl(tmp_path, [{"sentence": "a"}], "test.jsonl")
+    with pytest.raises(UsageError, match=r"test.jsonl:1: no column 'text'; columns there: sentence"):
+        load_raw_datasets(data_args(train_file=str(train), test_file=str(test)))
