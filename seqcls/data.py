@@ -10,6 +10,7 @@ import codecs
 import csv
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,7 @@ def _label_kind(value: Any, where: str) -> str:
     kind = _kind(value)
     if kind == "null":
         raise UsageError(f"{where}: the label is null; give every row a label or remove the row")
-    if kind == "float" and value != value or kind == "float" and value in (float("inf"), float("-inf")):
+    if kind == "float" and not math.isfinite(value):
         raise UsageError(f"{where}: label {value} is not a finite number; fix or remove the row")
     return "number" if kind in ("int", "float") else kind
 

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with training_args.main_process_first(desc="loading data"):
         raw, sources = load_raw_datasets(
             data_args, cache_dir=model_args.cache_dir, token=token, seed=training_args.seed,
-            want_validation=training_args.do_train and training_args.eval_strategy != "no",
+            want_validation=training_args.do_eval or (training_args.do_train and training_args.eval_strategy != "no"),
         )
     if training_args.do_train and "train" not in raw:
         raise UsageError("--do_train needs a train split: give --train_file")
