@@ -47,7 +47,11 @@ def setup_logging(training_args) -> None:
 
 
 def checkpoint_to_resume(training_args) -> str | None:
-    """Resume from the last checkpoint in output_dir; refuse to clobber a finished run unless asked."""
+    """Resume from the last checkpoint in output_dir; refuse to clobber a finished run unless asked.
+
+    Under several processes every rank reaches the same answer: only the process that saves (rank 0, or each
+    node's first with save_on_each_node) deletes old checkpoints, and the others wait until it is done.
+    """
     from transformers.trainer_utils import get_last_checkpoint
 
     if training_args.resume_from_checkpoint:
@@ -55,16 +59,29 @@ def checkpoint_to_resume(training_args) -> str | None:
         if not path.is_dir():
             raise UsageError(f"resume_from_checkpoint {path} is not a directory; give a checkpoint-N directory")
         return str(path)
+    if not training_args.do_train:
+        return None
     out = Path(training_args.output_dir)
-    if not training_args.do_train or not out.is_dir():
+    if training_args.overwrite_output_dir and restart_count() > 0:
+        # the launcher restarted this same job (torchrun --max_restarts, SLURM --requeue): the first attempt already
+        # replaced the old run, so carry on from this job's own checkpoints instead of wiping them
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        logger.warning("restart %d of this job: %s", restart_count(),
+                       f"resuming from {last}" if last else "no checkpoint yet, starting afresh")
+        return last
+    if training_args.overwrite_output_dir:
+        # every rank enters (a barrier that only some ranks reach would pair with the next one and hang)
+        with training_args.main_process_first(local=training_args.save_on_each_node, desc="removing old checkpoints"):
+            if training_args.should_save and out.is_dir():
+                old = list(out.glob("checkpoint-*"))
+                for ckpt in old:
+                    shutil.rmtree(ckpt, ignore_errors=True)
+                if old:
+                    logger.warning("overwrite_output_dir: removed the old checkpoints in %s", out)
+        return None
+    if not out.is_dir():
         return None
     last = get_last_checkpoint(str(out))
-    if training_args.overwrite_output_dir:
-        if last is not None and training_args.process_index == 0:
-            for ckpt in out.glob("checkpoint-*"):
-                shutil.rmtree(ckpt, ignore_errors=True)
-            logger.warning("overwrite_output_dir: removed the old checkpoints in %s", out)
-        return None
     if last is not None:
         logger.info("resuming from %s (use --overwrite_output_dir true to start afresh)", last)
         return last
@@ -75,6 +92,12 @@ def checkpoint_to_resume(training_args) -> str | None:
             "or --overwrite_output_dir true to replace it"
         )
     return None
+
+
+def restart_count() -> int:
+    """How often a launcher has restarted this same job: torchrun's --max_restarts, SLURM's --requeue."""
+    counts = (os.environ.get(name, "") for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
+    return max((int(c) for c in counts if c.strip().isdigit()), default=0)
 
 
 class ClassificationTrainer(Trainer):
@@ -105,8 +128,15 @@ def predict_in_order(trainer, ds, prefix: str):
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
+    logits = np.asarray(logits)[inverse]
     labels = None if output.label_ids is None else np.asarray(output.label_ids)[inverse]
-    return np.asarray(logits)[inverse], labels, output.metrics
+    metrics = output.metrics
+    if labels is not None and isinstance(trainer.compute_loss_func, ClassificationLoss):
+        # The Trainer averages per-batch mean losses, and under DDP a rank's last batch is padded with repeated rows
+        # that gather_for_metrics drops from the logits but not from that batch's mean: recount each row once.
+        per_item = trainer.compute_loss_func.per_item(torch.from_numpy(logits), torch.from_numpy(labels))
+        metrics[f"{prefix}_loss"] = float(per_item.mean())
+    return logits, labels, metrics
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -200,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         results.update(metrics)
-        if trainer.is_world_process_zero():
+        if training_args.should_save:  # beside the model, wherever the Trainer saved it
             write_json(out / SEQCLS_CONFIG, seqcls_config(label_space, cols, max_length))
             write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
 
