@@ -24,6 +24,7 @@ from .loss import ClassificationLoss
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics
 from .modeling import load_model, load_tokenizer, max_length_for, resolve_dtype
 from .outputs import classification_report, decode, write_json, write_jsonl
+from .report import write_report
 
 logger = logging.getLogger("seqcls")
 
@@ -46,8 +47,6 @@ def setup_logging(training_args) -> None:
 
 def checkpoint_to_resume(training_args) -> str | None:
     """Resume from the last checkpoint in output_dir; refuse to clobber a finished run unless asked."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     if training_args.resume_from_checkpoint:
         path = Path(training_args.resume_from_checkpoint)
         if not path.is_dir():
@@ -56,7 +55,7 @@ def checkpoint_to_resume(training_args) -> str | None:
     out = Path(training_args.output_dir)
     if not training_args.do_train or not out.is_dir():
         return None
-    last = get_last_checkpoint(str(out))
+    last = last_complete_checkpoint(out)
     if training_args.overwrite_output_dir:
         if last is not None and training_args.process_index == 0:
             for ckpt in out.glob("checkpoint-*"):
@@ -73,6 +72,19 @@ def checkpoint_to_resume(training_args) -> str | None:
             "or --overwrite_output_dir true to replace it"
         )
     return None
+
+
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint-N saved whole. Trainer writes trainer_state.json last, so a run killed while saving
+    leaves a checkpoint without it, and resuming from that one would fail on every rerun."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(out))
+    if last is None or (Path(last) / "trainer_state.json").is_file():
+        return last
+    whole = [p for p in out.glob("checkpoint-*") if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()]
+    logger.warning("%s is incomplete (killed while saving?): skipping it", last)
+    return str(max(whole, key=lambda p: int(p.name[11:]))) if whole else None
 
 
 class ClassificationTrainer(Trainer):
@@ -229,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if labels is not None:
                 write_json(out / "test_report.json", classification_report(label_space, logits, labels))
             logger.info("predictions: %s (%d rows)", out / "predict_results.jsonl", len(test))
+
+    # --- Report: plots and model card (a plot that fails only warns) ----------------------------------
+    if training_args.do_train and trainer.is_world_process_zero():
+        write_report(out, argv, raw, sources, training_args.world_size)
     return results
 
 
