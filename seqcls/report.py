@@ -289,7 +289,8 @@ def plot_confusion_matrix(report: dict[str, Any], path: str | Path, title: str =
             ax.set_ylabel("true")
             ax.set_xticks(range(n))
             ax.set_yticks(range(n))
-            ax.set_xticklabels(ticks.texts, rotation=45 if n > 4 and not ticks.by_id else 0, ha="right" if n > 4 else "center",
+            rotation = 45 if n > 4 and not ticks.by_id else 0
+            ax.set_xticklabels(ticks.texts, rotation=rotation, ha="right" if rotation else "center",
                                fontproperties=ticks.font)
             ax.set_yticklabels(ticks.texts, fontproperties=ticks.font)
             if n <= 30:
@@ -347,7 +348,7 @@ def plot_training_curves(state: dict[str, Any], path: str | Path, metric: str | 
     key = f"eval_{metric}" if metric and not metric.startswith("eval_") else metric
     evals = [(h["step"], h[key]) for h in history if key and key in h and "step" in h]
     fig = _new_figure(11, 4)
-    left, right = fig.subplots(1, 2)
+    left, right = fig.subplots(1, 2, sharex=True)  # one step axis: a single evaluation sits where it belongs
     if train:
         left.plot(*zip(*train), label="train loss", color="tab:blue")
     if eval_loss:
@@ -512,7 +513,8 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
     shown = [(p, k) for p in ("eval", "test") for k in METRIC_TYPES if f"{p}_{k}" in results]
     if shown:
         lines += ["| split | metric | value |", "|---|---|---:|"]
-        lines += [f"| {'validation' if p == 'eval' else 'test'} | {k} | {_fmt(results[f'{p}_{k}'])} |" for p, k in shown]
+        split_name = {"eval": "validation", "test": "test"}
+        lines += [f"| {split_name[p]} | {k} | {_fmt(results[f'{p}_{k}'])} |" for p, k in shown]
         for p in ("eval", "test"):
             if f"{p}_samples" in results:
                 lines.append(f"| {'validation' if p == 'eval' else 'test'} | rows | {results[f'{p}_samples']} |")
@@ -545,7 +547,7 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
 
     # --- use --------------------------------------------------------------------------------------------
     lines += ["## Use", "", "```python", "from transformers import pipeline", "",
-              f'classifier = pipeline("text-classification", model="{out.name}"'
+              f'classifier = pipeline("text-classification", model="{run_args.get("output_dir") or out.name}"'
               + (', top_k=None, function_to_apply="sigmoid")' if problem_type == MULTI else ")"),
               'print(classifier("..."))', "```", ""]
     if problem_type == MULTI:

@@ -188,7 +188,8 @@ def markdown(sweep_dir: Path, runs: Sequence[Run], params: Sequence[str], metric
     rows.sort(key=lambda row: _sort_key(row[2][metric][0] if row[2].get(metric) else None, greater))
     lines += [f"## By setting: mean ± std over {SEED}s" if SEED in params else "## By setting", ""]
     header = [*setting, "seeds" if SEED in params else "runs", *columns]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(setting) + ["---:"] * (len(header) - len(setting))) + "|"]
+    aligns = ["---"] * len(setting) + ["---:"] * (len(header) - len(setting))
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(aligns) + "|"]
     for key, n, stats in rows:
         cells = [*key, str(n)] + [_fmt(*stats[c]) if stats[c] else "" for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
@@ -245,7 +246,8 @@ def plot_parameter(runs: Sequence[Run], params: Sequence[str], param: str, metri
             ax.scatter([x] * len(ys), ys, s=14, alpha=0.5, color=color)
     if numeric:
         positive = [x for x in xs.values() if x > 0]
-        if len(positive) == len(xs) and len(xs) > 1 and (max(positive) / min(positive) >= 10 or "learning_rate" in param):
+        wide = len(positive) > 1 and (max(positive) / min(positive) >= 10 or "learning_rate" in param)
+        if len(positive) == len(xs) and wide:
             ax.set_xscale("log")
         ax.set_xticks(list(xs.values()))
         ax.set_xticklabels(values)
