@@ -24,6 +24,7 @@ from .loss import ClassificationLoss
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics
 from .modeling import load_model, load_tokenizer, max_length_for, resolve_dtype
 from .outputs import classification_report, decode, write_json, write_jsonl
+from .report import write_report
 
 logger = logging.getLogger("seqcls")
 
@@ -47,13 +48,11 @@ def setup_logging(training_args) -> None:
 
 
 def checkpoint_to_resume(training_args) -> str | None:
-    """Resume from the last checkpoint in output_dir; refuse to clobber a finished run unless asked.
+    """Resume from the last complete checkpoint in output_dir; refuse to clobber a finished run unless asked.
 
     Under several processes every rank reaches the same answer: only the process that saves (rank 0, or each
     node's first with save_on_each_node) deletes old checkpoints, and the others wait until it is done.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     if training_args.resume_from_checkpoint:
         path = Path(training_args.resume_from_checkpoint)
         if not path.is_dir():
@@ -65,7 +64,7 @@ def checkpoint_to_resume(training_args) -> str | None:
     if training_args.overwrite_output_dir and restart_count() > 0:
         # the launcher restarted this same job (torchrun --max_restarts, SLURM --requeue): the first attempt already
         # replaced the old run, so carry on from this job's own checkpoints instead of wiping them
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        last = last_complete_checkpoint(out) if out.is_dir() else None
         logger.warning("restart %d of this job: %s", restart_count(),
                        f"resuming from {last}" if last else "no checkpoint yet, starting afresh")
         return last
@@ -81,7 +80,7 @@ def checkpoint_to_resume(training_args) -> str | None:
         return None
     if not out.is_dir():
         return None
-    last = get_last_checkpoint(str(out))
+    last = last_complete_checkpoint(out)
     if last is not None:
         logger.info("resuming from %s (use --overwrite_output_dir true to start afresh)", last)
         return last
@@ -98,6 +97,19 @@ def restart_count() -> int:
     """How often a launcher has restarted this same job: torchrun's --max_restarts, SLURM's --requeue."""
     counts = (os.environ.get(name, "") for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
     return max((int(c) for c in counts if c.strip().isdigit()), default=0)
+
+
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint-N saved whole. Trainer writes trainer_state.json last, so a run killed while saving
+    leaves a checkpoint without it, and resuming from that one would fail on every rerun."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(out))
+    if last is None or (Path(last) / "trainer_state.json").is_file():
+        return last
+    whole = [p for p in out.glob("checkpoint-*") if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()]
+    logger.warning("%s is incomplete (killed while saving?): skipping it", last)
+    return str(max(whole, key=lambda p: int(p.name[11:]))) if whole else None
 
 
 class ClassificationTrainer(Trainer):
@@ -261,6 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if labels is not None:
                 write_json(out / "test_report.json", classification_report(label_space, logits, labels))
             logger.info("predictions: %s (%d rows)", out / "predict_results.jsonl", len(test))
+
+    # --- Report: plots and model card (a plot that fails only warns) ----------------------------------
+    if training_args.do_train and trainer.is_world_process_zero():
+        write_report(out, argv, raw, sources, training_args.world_size)
     return results
 
 

@@ -1,0 +1,688 @@
+"""The report of a finished run: a confusion matrix, training curves and a model card, from the files in output_dir.
+
+Training writes it at the end of a run (`write_report`); regenerate it at any time without retraining:
+
+    python -m seqcls.report runs/quickstart
+
+Inputs (all in output_dir): `run_info.json` (the command, the resolved config and the data files with their row
+counts, recorded by training), `run_args.json`, `config.json`, `all_results.json`, `trainer_state.json`,
+`eval_report.json` / `test_report.json`. Outputs: `confusion_matrix.png`, `training_curves.png`, `README.md`.
+Plots are drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global backend change).
+A plot that cannot be drawn is a warning, never a failed run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import functools
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import UsageError
+from .labels import MULTI, REGRESSION, SINGLE
+from .outputs import atomic_open, write_json
+
+logger = logging.getLogger(__name__)
+
+RUN_INFO = "run_info.json"
+CARD = "README.md"
+CONFUSION_PNG = "confusion_matrix.png"
+CURVES_PNG = "training_curves.png"
+
+# options whose value must never be written anywhere (the command line is recorded for the model card)
+SECRET_OPTIONS = ("token", "hub_token", "push_to_hub_token", "use_auth_token")
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+# how the Hub's model-index names our metrics (type: a metric id; name: what people read)
+METRIC_TYPES = {
+    "accuracy": ("accuracy", "Accuracy"),
+    "macro_f1": ("f1", "Macro F1"),
+    "weighted_f1": ("f1", "Weighted F1"),
+    "micro_f1": ("f1", "Micro F1"),
+    "subset_accuracy": ("accuracy", "Subset accuracy"),
+    "mse": ("mse", "MSE"),
+    "mae": ("mae", "MAE"),
+    "pearson": ("pearsonr", "Pearson r"),
+    "spearman": ("spearmanr", "Spearman rho"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recording the run (called by training)
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """The command line with the value of every access-token option replaced."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("<redacted>")
+            hide_next = False
+            continue
+        key, eq, _ = arg.partition("=")
+        if key.startswith("--") and key[2:] in SECRET_OPTIONS:
+            if eq:
+                out.append(f"{key}=<redacted>")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(arg)
+    return out
+
+
+def given_keys(args: Sequence[str], run_args: dict[str, Any]) -> list[str]:
+    """The option names a command line sets (`--key value`, `--key=value`, `--flag`, `--no_flag`)."""
+    keys: list[str] = []
+    for arg in args:
+        if not arg.startswith("--"):
+            continue
+        key = arg[2:].partition("=")[0]
+        if key not in run_args and key.startswith("no_") and key[3:] in run_args:
+            key = key[3:]
+        if key in run_args and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def resolved_config(argv: Sequence[str], run_args: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(config file, {option: value}) for every option the user set, in the file or on the command line, with
+    the values the run actually used. Saved as YAML it reproduces the run: `python run_classification.py it.yaml`.
+    Access tokens are left out."""
+    from .arguments import read_config_file
+
+    args = list(argv[1:])
+    config_file = None
+    keys: list[str] = []
+    if args and not args[0].startswith("-") and args[0].endswith(CONFIG_SUFFIXES):
+        config_file = args.pop(0)
+        try:
+            keys = [k for k in read_config_file(config_file) if k in run_args]
+        except UsageError:  # the file changed or vanished since; the command line is still known
+            keys = []
+    keys += [k for k in given_keys(args, run_args) if k not in keys]
+    order = {k: i for i, k in enumerate(run_args)}
+    keys.sort(key=lambda k: order[k])
+    return config_file, {k: run_args[k] for k in keys if k not in SECRET_OPTIONS}
+
+
+def data_summary(raw, sources: dict) -> dict[str, dict[str, Any]]:
+    """Per split: the file it came from, the rows in that file, and the rows the run used."""
+    summary: dict[str, dict[str, Any]] = {}
+    for split in ("train", "validation", "test"):
+        if raw is None or split not in raw:
+            continue
+        src = sources.get(split) if sources else None
+        name = getattr(src, "name", None)
+        rows_in_file = None
+        if src is not None and src.lines is not None:
+            rows_in_file = len(src.lines)
+        elif name and name.endswith(".parquet") and Path(name).is_file():
+            try:
+                import pyarrow.parquet as pq
+
+                rows_in_file = pq.ParquetFile(name).metadata.num_rows
+            except Exception:  # a count for the card is not worth failing over
+                rows_in_file = None
+        entry = {"file": name, "rows_in_file": rows_in_file, "rows_used": len(raw[split])}
+        if split == "validation" and sources and getattr(sources.get("train"), "name", None) == name:
+            entry["held_out_from_train"] = True
+        summary[split] = entry
+    return summary
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    found = {"seqcls": __version__, "python": sys.version.split()[0]}
+    for pkg in ("transformers", "torch", "datasets", "accelerate", "peft"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def record_run(out: str | Path, argv: Sequence[str] | None, raw=None, sources: dict | None = None,
+               world_size: int = 1) -> dict[str, Any]:
+    """Write run_info.json: the exact command (tokens redacted), the resolved config, data files and row counts."""
+    out = Path(out)
+    command = list(sys.argv) if argv is None else [_script_name(), *argv]
+    command = redact_argv(command)
+    run_args = _read_json(out / "run_args.json") or {}
+    config_file, config = resolved_config(command, run_args)
+    info = {
+        "command": command,
+        "cwd": os.getcwd(),
+        "world_size": world_size,
+        "config_file": config_file,
+        "config": config,
+        "data": data_summary(raw, sources or {}),
+        "versions": versions(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out / RUN_INFO, info)
+    return info
+
+
+def _script_name() -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return sys.argv[0] if name in ("run_classification.py", "seqcls-train") else "run_classification.py"
+
+
+def display_command(info: dict[str, Any]) -> str:
+    """The command as a user types it, from the working directory the run started in."""
+    command = list(info.get("command") or [])
+    if not command:
+        return ""
+    script = command[0]
+    if os.path.isabs(script) and info.get("cwd"):
+        rel = os.path.relpath(script, info["cwd"])
+        script = rel if not rel.startswith("..") else script
+    args = shlex.join(command[1:])
+    if os.path.basename(script) == "seqcls-train":
+        prog = "seqcls-train"
+    elif int(info.get("world_size") or 1) > 1:
+        prog = f"accelerate launch --num_processes {info['world_size']} {script}"
+    else:
+        prog = f"python {script}"
+    return f"{prog} {args}".strip()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fonts: label names are often Chinese; matplotlib's own font (DejaVu Sans) has no CJK glyphs
+
+
+@functools.lru_cache(maxsize=32)
+def font_for(text: str) -> str | None:
+    """Path of an installed font that has a glyph for every character of `text`; None when none has.
+
+    Checks the default font first, then every font matplotlib knows (`fc-list :lang=zh` lists the CJK ones;
+    install e.g. fonts-noto-cjk to get Chinese label names drawn)."""
+    from matplotlib import font_manager, ft2font
+
+    chars = {ord(c) for c in text if not c.isspace()}
+    default = font_manager.findfont(font_manager.FontProperties(), fallback_to_default=True)
+    candidates = [default] + sorted({f.fname for f in font_manager.fontManager.ttflist},
+                                    key=lambda p: (not re.search(r"cjk|noto|wqy|hei|song|ming|gothic", p, re.I), p))
+    for path in dict.fromkeys(candidates):
+        if "lastresort" in os.path.basename(path).lower():
+            continue  # matplotlib >= 3.10 ships LastResort: every code point maps to a placeholder box
+        try:
+            charmap = ft2font.FT2Font(path).get_charmap()
+        except Exception:  # unreadable or unsupported font files: try the next
+            continue
+        if chars <= charmap.keys():
+            return path
+    return None
+
+
+@dataclasses.dataclass
+class TickLabels:
+    """What to write on the axes for the labels: their names, or their ids when no font can draw the names."""
+
+    texts: list[str]
+    font: Any = None  # a FontProperties, or None for the default font
+    by_id: bool = False
+
+    @classmethod
+    def for_names(cls, names: Sequence[str]) -> "TickLabels":
+        from matplotlib.font_manager import FontProperties
+
+        path = font_for("".join(names))
+        if path is None:
+            return cls([str(i) for i in range(len(names))], None, True)
+        return cls(list(names), FontProperties(fname=path), False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: Path) -> None:
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+
+
+def plot_confusion_matrix(report: dict[str, Any], path: str | Path, title: str = "") -> bool:
+    """Draw the confusion matrix of a classification report (counts and row-normalised; for multi-label one
+    2 x 2 matrix per label). Returns True when label ids stand in for names (no font has their glyphs)."""
+    import numpy as np
+
+    names = list(report["labels"])
+    ticks = TickLabels.for_names(names)
+    if report.get("problem_type") == MULTI:
+        fig = _multi_label_figure(report, names, ticks, title)
+    else:
+        matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
+        n = len(names)
+        side = max(4.0, 0.45 * n + 2.5)
+        fig = _new_figure(2 * side + 1, side + (0.6 if ticks.by_id else 0.3))
+        axes = fig.subplots(1, 2)
+        totals = matrix.sum(axis=1, keepdims=True)
+        normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+        for ax, values, what in ((axes[0], matrix, "counts"), (axes[1], normalised, "row-normalised (recall)")):
+            im = ax.imshow(values, cmap="Blues", vmin=0, vmax=values.max() or 1)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            ax.set_title(what)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.set_xticks(range(n))
+            ax.set_yticks(range(n))
+            rotation = 45 if n > 4 and not ticks.by_id else 0
+            ax.set_xticklabels(ticks.texts, rotation=rotation, ha="right" if rotation else "center",
+                               fontproperties=ticks.font)
+            ax.set_yticklabels(ticks.texts, fontproperties=ticks.font)
+            if n <= 30:
+                high = values.max() / 2 if values.max() else 0.5
+                for i in range(n):
+                    for j in range(n):
+                        text = f"{values[i, j]:d}" if values is matrix else f"{values[i, j]:.2f}"
+                        ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                                color="white" if values[i, j] > high else "black")
+        fig.suptitle(title)
+    if ticks.by_id:
+        # supxlabel: constrained layout makes room for it (fig.text would overlap the axis labels)
+        fig.supxlabel("label ids stand in for the names (no installed font has their glyphs): see README.md",
+                      fontsize=8)
+    save_figure(fig, Path(path))
+    return ticks.by_id
+
+
+def _multi_label_figure(report: dict[str, Any], names: list[str], ticks: TickLabels, title: str):
+    import numpy as np
+
+    per_label = report["confusion_matrix_per_label"]
+    n = len(names)
+    cols = min(n, 6)
+    rows = -(-n // cols)
+    fig = _new_figure(2.1 * cols + 0.5, 2.1 * rows + 0.8)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
+    for ax, name, text in zip(axes, names, ticks.texts):
+        m = np.asarray(per_label[name], dtype=np.int64)  # [[tn, fp], [fn, tp]]
+        totals = m.sum(axis=1, keepdims=True)
+        norm = np.divide(m, totals, out=np.zeros(m.shape, dtype=float), where=totals > 0)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, f"{m[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_title(text, fontproperties=ticks.font, fontsize=9)
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels(["no", "yes"], fontsize=7)
+        ax.set_yticks([0, 1])
+        ax.set_yticklabels(["no", "yes"], fontsize=7)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(f"{title}\nper label: rows true no/yes, columns predicted no/yes; count and row share")
+    return fig
+
+
+def plot_training_curves(state: dict[str, Any], path: str | Path, metric: str | None = None,
+                         final: dict[str, Any] | None = None) -> None:
+    """Train loss (and eval loss) and the eval metric against the step, from trainer_state.json's log_history.
+    Without evaluation during training, the final evaluation is drawn as one point at the last step."""
+    history = state.get("log_history") or []
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    eval_loss = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+    key = f"eval_{metric}" if metric and not metric.startswith("eval_") else metric
+    evals = [(h["step"], h[key]) for h in history if key and key in h and "step" in h]
+    fig = _new_figure(11, 4)
+    left, right = fig.subplots(1, 2, sharex=True)  # one step axis: a single evaluation sits where it belongs
+    if train:
+        left.plot(*zip(*train), label="train loss", color="tab:blue")
+    if eval_loss:
+        left.plot(*zip(*eval_loss), "o-", label="eval loss", color="tab:orange")
+    left.set_xlabel("step")
+    left.set_ylabel("loss")
+    left.set_title("loss")
+    if train or eval_loss:
+        left.legend()
+    else:
+        left.text(0.5, 0.5, "no loss logged (logging_steps larger than the run?)", ha="center", va="center",
+                  transform=left.transAxes)
+    right.set_xlabel("step")
+    right.set_ylabel(key or "metric")
+    right.set_title(key or "eval metric")
+    if evals:
+        right.plot(*zip(*evals), "o-", color="tab:green", label=key)
+        best = state.get("best_global_step")
+        if best and any(s == best for s, _ in evals):
+            value = dict(evals)[best]
+            right.plot([best], [value], "*", markersize=14, color="tab:red", label=f"best (step {best})")
+        right.legend()
+    elif final and key in final:
+        step = state.get("global_step") or (train[-1][0] if train else 0)
+        right.plot([step], [final[key]], "s", color="tab:green", label=f"final {key} = {final[key]:.4f}")
+        right.legend()
+        right.text(0.5, 0.2, "no evaluation during training (eval_strategy no)", ha="center",
+                   transform=right.transAxes, fontsize=8)
+    else:
+        right.text(0.5, 0.5, "no evaluation logged", ha="center", va="center", transform=right.transAxes)
+    save_figure(fig, Path(path))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model card
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _hub_id(name: str | None) -> str | None:
+    """`name` when it is a Hub model id (owner/name, not a local directory), else None."""
+    if not name or Path(name).exists() or os.path.isabs(name):
+        return None
+    return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, allow_unicode=True, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def fallback_config(run_args: dict[str, Any]) -> dict[str, Any]:
+    """Without run_info.json (a run from an older seqcls): the options that differ from their defaults."""
+    from .arguments import DATACLASSES
+
+    derived = {"accelerator_config", "activation_checkpointing", "gradient_checkpointing", "debug",
+               "dataloader_pin_memory", "metric_for_best_model", "greater_is_better", "report_to", *SECRET_OPTIONS}
+    config: dict[str, Any] = {}
+    for cls in DATACLASSES:
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name not in run_args or f.name in derived:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                config[f.name] = run_args[f.name]
+                continue
+            if isinstance(default, enum.Enum):
+                default = default.value
+            if json.dumps(default, default=str) != json.dumps(run_args[f.name], default=str):
+                config[f.name] = run_args[f.name]
+    return config
+
+
+def _metric_entries(results: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
+    entries = []
+    for key, (mtype, mname) in METRIC_TYPES.items():
+        value = results.get(f"{prefix}_{key}")
+        if isinstance(value, (int, float)):
+            entries.append({"type": mtype, "value": round(float(value), 4), "name": f"{mname} ({prefix})"})
+    return entries
+
+
+def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str:
+    """The README.md of a trained model directory: Hugging Face front matter, then results, data, use and
+    how to reproduce the run."""
+    info = _read_json(out / RUN_INFO) or {}
+    run_args = _read_json(out / "run_args.json") or {}
+    config_json = _read_json(out / "config.json") or {}
+    results = _read_json(out / "all_results.json") or {}
+    seqcls_json = _read_json(out / "seqcls.json") or {}
+    space = seqcls_json.get("label_space") or {}
+    problem_type = space.get("problem_type") or config_json.get("problem_type") or SINGLE
+    if problem_type == REGRESSION:
+        names: list[str] = []
+    else:
+        names = list(space.get("names") or
+                     [config_json.get("id2label", {})[k] for k in sorted(config_json.get("id2label", {}), key=int)])
+    base = run_args.get("model_name_or_path")
+    hub_base = _hub_id(base)
+    is_lora = (out / "adapter_config.json").is_file()
+    data = info.get("data") or {}
+    name = run_args.get("run_name") or out.name
+    if name == run_args.get("output_dir"):
+        name = out.name
+
+    # --- front matter ---------------------------------------------------------------------------------
+    front: dict[str, Any] = {}
+    if hub_base:
+        front["base_model"] = hub_base
+    front["library_name"] = "peft" if is_lora else "transformers"
+    front["pipeline_tag"] = "text-classification"
+    front["tags"] = ["seqcls", "text-classification", problem_type.replace("_", "-"), "generated_from_trainer"] + (
+        ["lora"] if is_lora else [])
+    if names:
+        front["labels"] = names
+    metric_names = [k for k in METRIC_TYPES if any(f"{p}_{k}" in results for p in ("eval", "test"))]
+    if metric_names:
+        front["metrics"] = metric_names
+    model_results = []
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        entries = _metric_entries(results, prefix)
+        if not entries:
+            continue
+        source = (data.get(split) or {}).get("file") or run_args.get(f"{split}_file") or run_args.get("train_file")
+        dataset = {"name": Path(str(source)).name if source else split, "type": _dataset_type(source),
+                   "split": split}
+        model_results.append({"task": {"type": "text-classification", "name": "Text Classification"},
+                              "dataset": dataset, "metrics": entries})
+    if model_results:
+        front["model-index"] = [{"name": name, "results": model_results}]
+
+    lines = ["---", _yaml(front).rstrip(), "---", "", f"# {name}", ""]
+    kind = {SINGLE: f"single-label classifier over {len(names)} labels",
+            MULTI: f"multi-label classifier over {len(names)} labels",
+            REGRESSION: "regression model (one score)"}[problem_type]
+    base_text = f"[`{hub_base}`](https://huggingface.co/{hub_base})" if hub_base else f"`{base}` (a local directory)"
+    lines += [f"A {kind}, fine-tuned from {base_text}"
+              f"{' with LoRA' if is_lora else ''} with seqcls "
+              "(`AutoModelForSequenceClassification`, head on the last token).", ""]
+
+    # --- labels and results -----------------------------------------------------------------------------
+    if names:
+        lines += ["## Labels", "", "| id | label |", "|---:|---|"]
+        lines += [f"| {i} | {n} |" for i, n in enumerate(names)]
+        lines.append("")
+    lines += ["## Results", ""]
+    shown = [(p, k) for p in ("eval", "test") for k in METRIC_TYPES if f"{p}_{k}" in results]
+    if shown:
+        lines += ["| split | metric | value |", "|---|---|---:|"]
+        split_name = {"eval": "validation", "test": "test"}
+        lines += [f"| {split_name[p]} | {k} | {_fmt(results[f'{p}_{k}'])} |" for p, k in shown]
+        for p in ("eval", "test"):
+            if f"{p}_samples" in results:
+                lines.append(f"| {'validation' if p == 'eval' else 'test'} | rows | {results[f'{p}_samples']} |")
+        lines.append("")
+    else:
+        lines += ["No evaluation results in all_results.json.", ""]
+    best = run_args.get("metric_for_best_model")
+    if best:
+        lines += [f"Best-model metric: `{best}` ({'higher' if run_args.get('greater_is_better', True) else 'lower'} "
+                  "is better).", ""]
+    report_name = next((r for r in ("test_report.json", "eval_report.json") if (out / r).is_file()), None)
+    report = _read_json(out / report_name) if report_name else None
+    if report and report.get("per_class"):
+        lines += [f"Per class ({'test' if report_name.startswith('test') else 'validation'}):", "",
+                  "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        for label in names:
+            row = report["per_class"].get(label)
+            if row:
+                lines.append(f"| {label} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1-score']:.4f} "
+                             f"| {int(row['support'])} |")
+        lines.append("")
+    if CONFUSION_PNG in plots:
+        lines += [f"![confusion matrix]({CONFUSION_PNG})", ""]
+    if CURVES_PNG in plots:
+        lines += [f"![training curves]({CURVES_PNG})", ""]
+    if by_id and names:
+        mapping = ", ".join(f"{i} = {n}" for i, n in enumerate(names))
+        lines += [f"In the plots, label ids stand in for the names ({mapping}): no installed font has their "
+                  "glyphs (install one, e.g. fonts-noto-cjk, and run `python -m seqcls.report OUTPUT_DIR`).", ""]
+
+    # --- use --------------------------------------------------------------------------------------------
+    lines += ["## Use", "", "```python", "from transformers import pipeline", "",
+              f'classifier = pipeline("text-classification", model="{run_args.get("output_dir") or out.name}"'
+              + (', top_k=None, function_to_apply="sigmoid")' if problem_type == MULTI else ")"),
+              'print(classifier("..."))', "```", ""]
+    if problem_type == MULTI:
+        lines += ["Multi-label: a label applies when its sigmoid probability is at least 0.5.", ""]
+
+    # --- data -------------------------------------------------------------------------------------------
+    if data:
+        lines += ["## Data", "", "| split | file | rows in file | rows used |", "|---|---|---:|---:|"]
+        for split, entry in data.items():
+            note = " (held out of train)" if entry.get("held_out_from_train") else ""
+            rows = entry.get("rows_in_file")
+            lines.append(f"| {split}{note} | `{entry.get('file')}` | {rows if rows is not None else '?'} "
+                         f"| {entry.get('rows_used')} |")
+        lines.append("")
+
+    # --- training and reproduction ----------------------------------------------------------------------
+    lines += ["## Training", ""]
+    facts = [("train rows", results.get("train_samples")), ("epochs", results.get("epoch")),
+             ("train loss", results.get("train_loss")), ("train runtime (s)", results.get("train_runtime")),
+             ("processes", results.get("world_size"))]
+    lines += [f"- {k}: {_fmt(v)}" for k, v in facts if v is not None]
+    if info.get("versions"):
+        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    lines += ["", "## Reproduce", ""]
+    command = display_command(info)
+    if command:
+        lines += ["The exact command (run from the directory it was started in):", "", "```bash", command, "```", ""]
+    else:
+        lines += ["The command was not recorded (no run_info.json).", ""]
+    config = info.get("config") if info.get("config") else fallback_config(run_args)
+    if config:
+        where = f" (from `{info['config_file']}` and the command line)" if info.get("config_file") else ""
+        lines += [f"The resolved config{where}: save it as `config.yaml` and run "
+                  "`python run_classification.py config.yaml`. Every argument the run used is in `run_args.json`.",
+                  "", "```yaml", _yaml(config).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _dataset_type(source: Any) -> str:
+    if not source:
+        return "unknown"
+    suffix = Path(str(source)).suffix.lower()
+    return {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}.get(suffix,
+                                                                                                        str(source))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Putting it together
+
+
+def regenerate(out: str | Path) -> list[str]:
+    """Draw the plots and write the model card of the finished run in `out`. Returns the problems met (each
+    already warned about); an empty list means everything was written."""
+    out = Path(out)
+    problems: list[str] = []
+    plots: list[str] = []
+    by_id = False
+    run_args = _read_json(out / "run_args.json") or {}
+
+    def attempt(what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # a report must never fail a run: say what went wrong and go on
+            problems.append(f"{what}: {type(e).__name__}: {e}")
+            logger.warning("report: could not write %s in %s: %s: %s", what, out, type(e).__name__, e)
+            return None
+
+    report_name = next((r for r in ("test_report.json", "eval_report.json")
+                        if (_read_json(out / r) or {}).get("labels")), None)
+    if report_name:
+        split = "test" if report_name.startswith("test") else "validation"
+        report = _read_json(out / report_name)
+        ok = attempt(CONFUSION_PNG, plot_confusion_matrix, report, out / CONFUSION_PNG,
+                     f"confusion matrix ({split}, {sum(map(sum, report.get('confusion_matrix', [[0]])))} rows)"
+                     if report.get("confusion_matrix") else f"confusion matrix per label ({split})")
+        if ok is not None:
+            plots.append(CONFUSION_PNG)
+            by_id = ok
+    state_path = out / "trainer_state.json"
+    if state_path.is_file():
+        def curves():
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            plot_training_curves(state, out / CURVES_PNG, run_args.get("metric_for_best_model"),
+                                 _read_json(out / "all_results.json"))
+            return True
+
+        if attempt(CURVES_PNG, curves):
+            plots.append(CURVES_PNG)
+
+    def card():
+        with atomic_open(out / CARD) as f:
+            f.write(model_card(out, by_id=by_id, plots=plots))
+        return True
+
+    attempt(CARD, card)
+    return problems
+
+
+def write_report(out: str | Path, argv: Sequence[str] | None = None, raw=None, sources: dict | None = None,
+                 world_size: int = 1) -> list[str]:
+    """Called by training on the main process at the end of a run: record the command and data, then
+    draw the plots and write the model card. Never raises; problems are warnings."""
+    problems: list[str] = []
+    try:
+        record_run(out, argv, raw, sources, world_size)
+    except Exception as e:  # the card can still be written without run_info.json
+        problems.append(f"{RUN_INFO}: {type(e).__name__}: {e}")
+        logger.warning("report: could not write %s in %s: %s: %s", RUN_INFO, out, type(e).__name__, e)
+    problems += regenerate(out)
+    if not problems:
+        logger.info("report: %s, %s and %s in %s", CARD, CONFUSION_PNG, CURVES_PNG, out)
+    return problems
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m seqcls.report",
+        description="Regenerate the plots and the model card of a finished run, without retraining.")
+    parser.add_argument("output_dir", nargs="+", help="Output directory of a finished training run.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    status = 0
+    for d in args.output_dir:
+        out = Path(d)
+        if not (out / "run_args.json").is_file() and not (out / "trainer_state.json").is_file():
+            print(f"error: {out} holds no finished training run (no run_args.json or trainer_state.json)",
+                  file=sys.stderr)
+            status = 2
+            continue
+        problems = regenerate(out)  # each problem is logged as a warning
+        written = [n for n in (CONFUSION_PNG, CURVES_PNG, CARD) if (out / n).is_file()]
+        print(f"{out}: {', '.join(written)}")
+        status = status or (1 if problems else 0)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
