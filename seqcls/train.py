@@ -17,12 +17,14 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import hf_token, parse_args, to_loggable_dict
+from .checkpoints import (GracefulStop, Interrupted, check_resumable, latest_complete_checkpoint,
+                          set_aside_incomplete)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .errors import UsageError
 from .labels import LabelSpace, build_label_space, label_space_from_config
 from .loss import ClassificationLoss
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics
-from .modeling import load_model, load_tokenizer, max_length_for, resolve_dtype
+from .modeling import check_model_source, load_model, load_tokenizer, max_length_for, resolve_dtype
 from .outputs import classification_report, decode, write_json, write_jsonl
 
 logger = logging.getLogger("seqcls")
@@ -38,31 +40,31 @@ def setup_logging(training_args) -> None:
     level = training_args.get_process_log_level()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)], level=level)
-    logger.setLevel(level)
+    # the recipe's own lines (label space, resuming, fix-ups of the data) show by default on the main process,
+    # while transformers and datasets keep their quieter default
+    logger.setLevel(logging.INFO if training_args.should_log and training_args.log_level == "passive" else level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_explicit_format()
 
 
 def checkpoint_to_resume(training_args) -> str | None:
-    """Resume from the last checkpoint in output_dir; refuse to clobber a finished run unless asked."""
+    """Resume from the newest complete checkpoint in output_dir (skipping incomplete ones, left by a kill while
+    saving); refuse to clobber a finished run unless asked."""
     from transformers.trainer_utils import get_last_checkpoint
 
     if training_args.resume_from_checkpoint:
-        path = Path(training_args.resume_from_checkpoint)
-        if not path.is_dir():
-            raise UsageError(f"resume_from_checkpoint {path} is not a directory; give a checkpoint-N directory")
-        return str(path)
+        return check_resumable(training_args.resume_from_checkpoint)
     out = Path(training_args.output_dir)
     if not training_args.do_train or not out.is_dir():
         return None
-    last = get_last_checkpoint(str(out))
     if training_args.overwrite_output_dir:
-        if last is not None and training_args.process_index == 0:
+        if get_last_checkpoint(str(out)) is not None and training_args.process_index == 0:
             for ckpt in out.glob("checkpoint-*"):
                 shutil.rmtree(ckpt, ignore_errors=True)
             logger.warning("overwrite_output_dir: removed the old checkpoints in %s", out)
         return None
+    last = latest_complete_checkpoint(out)
     if last is not None:
         logger.info("resuming from %s (use --overwrite_output_dir true to start afresh)", last)
         return last
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info("world size %d, process %d, device %s, bf16 %s, fp16 %s", training_args.world_size,
                 training_args.process_index, training_args.device, training_args.bf16, training_args.fp16)
     resume = checkpoint_to_resume(training_args)
+    check_model_source(model_args.model_name_or_path, model_args.use_safetensors)
 
     # --- Data -----------------------------------------------------------------------------------------
     cols = Columns.from_args(data_args)
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --- Tokenizer and model --------------------------------------------------------------------------
     tokenizer = load_tokenizer(model_args, token)
     dtype = resolve_dtype(model_args.torch_dtype, training_args.bf16, training_args.fp16)
-    model = load_model(model_args, label_space, tokenizer, dtype=dtype, token=token)
+    model = load_model(model_args, label_space, tokenizer, dtype=dtype, token=token,
+                       require_head=not training_args.do_train)
     max_length = max_length_for(tokenizer, model, data_args.max_seq_length)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model %s: %.1fM parameters, dtype %s, attention %s, max length %d, padding side %s",
@@ -174,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         training_args.greater_is_better = greater
     mixed = training_args.bf16 or training_args.fp16
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if mixed else None)
+    stopper = GracefulStop()  # SIGINT/SIGTERM: save a checkpoint at the end of the step, then stop
     trainer = ClassificationTrainer(
         model=model,
         args=training_args,
@@ -183,13 +188,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_collator=collator,
         compute_metrics=build_compute_metrics(label_space, data_args.metric_name),
         compute_loss_func=ClassificationLoss(label_space.problem_type),
+        callbacks=[stopper],
     )
     out = Path(training_args.output_dir)
     results: dict[str, Any] = {}
 
     # --- Train ----------------------------------------------------------------------------------------
     if training_args.do_train:
+        if trainer.is_world_process_zero():
+            set_aside_incomplete(out)  # a kill while saving leaves one; the resumed run may save that step again
         train_result = trainer.train(resume_from_checkpoint=resume)
+        stopper.raise_if_stopped(training_args.output_dir)  # SIGINT/SIGTERM: a checkpoint is saved, nothing else
         trainer.save_model()
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(tokenized["train"])
@@ -257,8 +266,9 @@ def saved_label_space(model_args, token: str | None) -> LabelSpace:
         raise UsageError(f"model {model_args.model_name_or_path!r} could not be loaded: {str(e).splitlines()[0]}") from None
     if not getattr(config, "problem_type", None):
         raise UsageError(
-            f"{model_args.model_name_or_path}: no label space in its config (no problem_type); "
-            "give --train_file to train a classifier first"
+            f"model_name_or_path {model_args.model_name_or_path} has no label map (no problem_type in its "
+            "config.json): it is a base model, not a trained classifier; give the output_dir of a training run, "
+            "or train it first with --do_train --train_file"
         )
     return label_space_from_config(config.id2label, config.problem_type)
 
@@ -272,6 +282,12 @@ def cli(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except Interrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading, tokenizing, evaluating): nothing half-written
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
