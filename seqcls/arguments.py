@@ -227,7 +227,8 @@ def _coerce_one(convert, action: argparse.Action, key: str, value: Any, where: s
             value = convert(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             kind = getattr(convert, "__name__", "value")
-            raise UsageError(f"{where}: {key}: {value!r} is not a valid {kind}") from None
+            example = {"float": "; write a number such as 2e-5", "int": "; write a whole number such as 8"}
+            raise UsageError(f"{where}: {key}: {value!r} is not a valid {kind}{example.get(kind, '')}") from None
     elif convert in (int, float) and isinstance(value, bool):
         raise UsageError(f"{where}: {key}: expected a number, got {value!r}")
     elif convert is float and isinstance(value, int):
@@ -287,7 +288,8 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
     """Checks that transformers does not make, each a one-line UsageError."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(training_args, name) < 1:
-            raise UsageError(f"{name} must be at least 1, got {getattr(training_args, name)}")
+            raise UsageError(f"{name} must be at least 1, got {getattr(training_args, name)}; give a whole number "
+                             "of 1 or more")
     if training_args.learning_rate < 0:
         raise UsageError(f"learning_rate must not be negative, got {training_args.learning_rate}")
     if data_args.max_seq_length is not None and data_args.max_seq_length < 1:

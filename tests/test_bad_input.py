@@ -190,7 +190,7 @@ CASES: dict[str, Case] = {
         files={"train.jsonl": TRAIN, "config.yaml": "model_name_or_path: {tiny}\ntrain_file: {d}/train.jsonl\n"
                "output_dir: {out}\nlearning_rate: fast\n"},
         args=["{d}/config.yaml"], base=False,
-        expect=["{d}/config.yaml: learning_rate: 'fast' is not a valid float"]),
+        expect=["{d}/config.yaml: learning_rate: 'fast' is not a valid float; write a number such as 2e-5"]),
     "config_not_yaml": Case(
         files={"train.jsonl": TRAIN, "config.yaml": "model_name_or_path: {tiny}\nlearning_rate: [1e-3\n"},
         args=["{d}/config.yaml"], base=False,
@@ -203,7 +203,7 @@ CASES: dict[str, Case] = {
         expect=["command line: unknown option(s): --learnin_rate 1e-3 (see --help)"]),
     "negative_batch_size": Case(
         files={"train.jsonl": TRAIN}, args=["--per_device_train_batch_size", "-8"],
-        expect=["per_device_train_batch_size must be at least 1, got -8"]),
+        expect=["per_device_train_batch_size must be at least 1, got -8; give a whole number of 1 or more"]),
     "max_seq_length_beyond_the_model": Case(
         files={"train.jsonl": TRAIN}, args=["--max_seq_length", "5000"],
         expect=["max_seq_length 5000 is beyond the model's limit of 1024 positions; use at most 1024"]),
