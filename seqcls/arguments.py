@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,13 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Run modelling code from the model's repository. Only for repositories you trust."},
+    )
+    use_safetensors: bool = field(
+        default=True,
+        metadata={
+            "help": "Load weights only from .safetensors files. false also allows PyTorch .bin files, which are "
+            "pickles (read with torch.load(weights_only=True)): only for files you trust. Saving is always safetensors."
+        },
     )
     ignore_mismatched_sizes: bool = field(
         default=False,
@@ -169,6 +177,7 @@ class ArgumentParser(transformers.HfArgumentParser):
     """HfArgumentParser whose errors are `UsageError`s (one line, exit 2) instead of argparse's usage dump."""
 
     def error(self, message: str) -> None:  # argparse calls this for every command-line mistake
+        message = re.sub(r"(--\w+)/--[\w-]+", r"\1", message)  # "--learning_rate/--learning-rate": name it once
         raise UsageError(f"command line: {message} (see --help)")
 
 
@@ -218,7 +227,8 @@ def _coerce_one(convert, action: argparse.Action, key: str, value: Any, where: s
             value = convert(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             kind = getattr(convert, "__name__", "value")
-            raise UsageError(f"{where}: {key}: {value!r} is not a valid {kind}") from None
+            example = {"float": "; write a number such as 2e-5", "int": "; write a whole number such as 8"}
+            raise UsageError(f"{where}: {key}: {value!r} is not a valid {kind}{example.get(kind, '')}") from None
     elif convert in (int, float) and isinstance(value, bool):
         raise UsageError(f"{where}: {key}: expected a number, got {value!r}")
     elif convert is float and isinstance(value, int):
@@ -278,7 +288,8 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
     """Checks that transformers does not make, each a one-line UsageError."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(training_args, name) < 1:
-            raise UsageError(f"{name} must be at least 1, got {getattr(training_args, name)}")
+            raise UsageError(f"{name} must be at least 1, got {getattr(training_args, name)}; give a whole number "
+                             "of 1 or more")
     if training_args.learning_rate < 0:
         raise UsageError(f"learning_rate must not be negative, got {training_args.learning_rate}")
     if data_args.max_seq_length is not None and data_args.max_seq_length < 1:
@@ -301,6 +312,25 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
     out = Path(training_args.output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output_dir {out} is a file; choose a directory path")
+    check_writable(out)
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, not after hours of training, when output_dir cannot be written (it is not created here)."""
+    import tempfile
+
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"output_dir {out}: {existing} is a file, not a directory; choose another output_dir")
+    try:  # os.access alone says yes to root on a read-only mount
+        os.rmdir(tempfile.mkdtemp(prefix=".seqcls-write-test-", dir=existing))
+    except OSError as e:
+        raise UsageError(
+            f"output_dir {out} is not writable ({e.strerror} in {existing}); choose a directory you can write to, "
+            "or fix its permissions"
+        ) from None
 
 
 def to_loggable_dict(*args_objects) -> dict[str, Any]:

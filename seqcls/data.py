@@ -106,11 +106,19 @@ def _check_row(row: dict, cols: Columns, where: str, need_label: bool, available
         )
 
 
+def _check_text(row: dict, cols: Columns, where: str) -> None:
+    """A row needs some text: an empty one gives the model no token to read the label from."""
+    if not any(isinstance(row.get(c), str) and row[c].strip() for c in cols.text):
+        names = ", ".join(repr(c) for c in cols.text)
+        raise UsageError(f"{where}: the text ({names}) is empty; fill it in or remove the row")
+
+
 def scan_jsonl(path: Path, cols: Columns, need_label: bool) -> list[int]:
     """Check a JSON-lines file row by row; return the line number of each row (blank lines are skipped)."""
     lines: list[int] = []
-    first_kind: dict[str, int] = {}
-    bom = path.open("rb").read(3) == codecs.BOM_UTF8
+    first_kind: dict[str, tuple[int, Any]] = {}  # label kind -> (line, value) of its first row
+    counts: dict[str, int] = {}
+    bom = _has_bom(path)
     crlf = False
     for number, text in _open_text(path):
         crlf = crlf or text.endswith("\r\n")
@@ -124,16 +132,28 @@ def scan_jsonl(path: Path, cols: Columns, need_label: bool) -> list[int]:
         if not isinstance(row, dict):
             raise UsageError(f"{where}: expected a JSON object {{...}}, got {_kind(row)}")
         _check_row(row, cols, where, need_label, list(row))
+        _check_text(row, cols, where)
         if cols.label in row:
             kind = _label_kind(row[cols.label], where)
-            first_kind.setdefault(kind, number)
+            first_kind.setdefault(kind, (number, row[cols.label]))
+            counts[kind] = counts.get(kind, 0) + 1
         lines.append(number)
-    _check_kinds(first_kind, path)
+    _check_kinds(first_kind, counts, path)
     if not lines:
         raise UsageError(f"{path}: the file has no rows; give it at least one JSON object per line")
-    if bom or crlf:
-        logger.info("%s: %s accepted", path, " and ".join(x for x, on in (("a UTF-8 BOM", bom), ("CRLF line ends", crlf)) if on))
+    _log_fixups(path, bom, crlf)
     return lines
+
+
+def _has_bom(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(3) == codecs.BOM_UTF8
+
+
+def _log_fixups(path: Path, bom: bool, crlf: bool) -> None:
+    if bom or crlf:
+        what = " and ".join(x for x, on in (("a UTF-8 byte-order mark", bom), ("CRLF line ends", crlf)) if on)
+        logger.info("%s: %s, accepted (read as plain UTF-8 with LF line ends)", path, what)
 
 
 def _label_kind(value: Any, where: str) -> str:
@@ -145,12 +165,16 @@ def _label_kind(value: Any, where: str) -> str:
     return "number" if kind in ("int", "float") else kind
 
 
-def _check_kinds(first_kind: dict[str, int], path: Path) -> None:
+def _check_kinds(first_kind: dict[str, tuple[int, Any]], counts: dict[str, int], path: Path) -> None:
+    """One label type per file; the error points at the first row of the rarer type (the likely mistake)."""
     if len(first_kind) > 1:
-        listing = ", ".join(f"{k} (first on line {n})" for k, n in sorted(first_kind.items(), key=lambda kv: kv[1]))
+        usual = max(counts, key=lambda k: (counts[k], -first_kind[k][0]))
+        odd = min((k for k in first_kind if k != usual), key=lambda k: first_kind[k][0])
+        line, value = first_kind[odd]
         raise UsageError(
-            f"{path}: the label column mixes types: {listing}; use one type: strings or integers for single-label, "
-            "lists for multi-label, numbers for regression"
+            f"{path}:{line}: label {value!r} is a {odd}, but {counts[usual]} row(s) (first on line "
+            f"{first_kind[usual][0]}) have a {usual} label; use one type per file: strings or integers for "
+            "single-label, lists of names for multi-label, numbers for regression"
         )
 
 
@@ -158,8 +182,15 @@ def scan_csv(path: Path, cols: Columns, need_label: bool) -> list[int]:
     """Check a CSV/TSV file row by row (header, ragged rows, missing columns); return each row's line number."""
     delimiter = "\t" if path.suffix == ".tsv" else ","
     lines: list[int] = []
-    decoded = (text for _, text in _open_text(path))
-    reader = csv.reader(decoded, delimiter=delimiter)
+    crlf = False
+
+    def decoded():
+        nonlocal crlf
+        for _, text in _open_text(path):
+            crlf = crlf or text.endswith("\r\n")
+            yield text
+
+    reader = csv.reader(decoded(), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
@@ -176,11 +207,13 @@ def scan_csv(path: Path, cols: Columns, need_label: bool) -> list[int]:
                 "contain the delimiter"
             )
         record = dict(zip(header, row))
+        _check_text(record, cols, f"{path}:{number}")
         if need_label and not record.get(cols.label, "").strip():
             raise UsageError(f"{path}:{number}: the label is empty; give every row a label or remove the row")
         lines.append(number)
     if not lines:
         raise UsageError(f"{path}: the file has a header but no rows")
+    _log_fixups(path, _has_bom(path), crlf)
     return lines
 
 
@@ -273,6 +306,8 @@ def check_columns(ds, cols: Columns, source: Source, need_label: bool) -> None:
             for i, value in enumerate(ds[name]):
                 if not isinstance(value, str):
                     raise UsageError(f"{source.where(i)}: column {name!r} holds {value!r}, not text")
+        for i, row in enumerate(zip(*(ds[c] for c in cols.text))):
+            _check_text(dict(zip(cols.text, row)), cols, source.where(i))
 
 
 def carve_validation(raw, sources: dict, label_column: str, percentage: float, seed: int):

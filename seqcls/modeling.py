@@ -1,6 +1,7 @@
 """Tokenizer and model loading: the pad-token policy for decoder LLMs, dtype, attention kernel, label maps."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,10 +17,58 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 def _load_error(what: str, name: str, e: Exception) -> UsageError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    hint = "a local directory with config.json, or a Hub id reachable from here"
+    hint = "give a local directory with config.json, or a Hub id reachable from here"
     if not Path(name).exists() and "/" not in name:
         hint = "check the path"
-    return UsageError(f"{what} {name!r} could not be loaded ({first}); give {hint}")
+    elif "safetensors" in first:
+        hint = "convert its weights to safetensors, or pass --use_safetensors false if you trust its .bin files"
+    return UsageError(f"{what} {name!r} could not be loaded ({first}); {hint}")
+
+
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "adapter_model.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hub id (`org/name` has exactly one slash and no leading `/`, `.` or `~`; `models/x`
+    where `models/` is a local folder is a path too)."""
+    return (name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+            or ("/" in name and Path(name).parent.is_dir()))
+
+
+def check_model_source(name: str, use_safetensors: bool = True, key: str = "model_name_or_path") -> None:
+    """Before anything loads: a local model directory exists, a LoRA adapter's base model is there, and the weights
+    are safetensors (pickle files can run code when loaded) unless the user allows otherwise."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        if _looks_local(name):
+            raise UsageError(f"{key} {name}: no such directory; give a model directory (with config.json) or a Hub "
+                             "id such as Qwen/Qwen2.5-0.5B")
+        return  # a Hub id: transformers resolves it (offline: from the cache)
+    if not path.is_dir():
+        raise UsageError(f"{key} {name} is a file; give the model's directory")
+    adapter = path / "adapter_config.json"
+    if adapter.is_file() and not (path / "config.json").is_file():
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            raise UsageError(f"{adapter}: not a valid adapter config (JSON object); re-save the adapter") from None
+        if not base:
+            raise UsageError(f"{adapter}: no base_model_name_or_path; set it to the base model's directory or Hub id")
+        if _looks_local(base) and not Path(base).expanduser().is_dir():
+            raise UsageError(
+                f"{key} {name} is a LoRA adapter whose base model {base} is missing ({adapter.name}: "
+                "base_model_name_or_path); put the base model there, or set base_model_name_or_path to where it is"
+            )
+        if Path(base).expanduser().is_dir():
+            check_model_source(base, use_safetensors, key=f"the base model of {name}")
+        return
+    if use_safetensors and not any(path.glob("*.safetensors")):
+        pickled = sorted(f.name for pattern in PICKLE_WEIGHTS for f in path.glob(pattern))
+        if pickled:
+            raise UsageError(
+                f"{key} {name} has only pickle weights ({pickled[0]}), which can run code when loaded; convert them "
+                "to safetensors, or pass --use_safetensors false if you trust the file"
+            )
 
 
 def load_tokenizer(model_args, token: str | None = None):
@@ -69,8 +118,11 @@ def resolve_dtype(name: str, bf16: bool = False, fp16: bool = False) -> torch.dt
 
 
 def load_model(model_args, label_space: LabelSpace, tokenizer, dtype: torch.dtype = torch.float32,
-               token: str | None = None):
-    """AutoModelForSequenceClassification with the label maps, problem type and pad token id in its config."""
+               token: str | None = None, require_head: bool = False):
+    """AutoModelForSequenceClassification with the label maps, problem type and pad token id in its config.
+
+    `require_head`: the model is used as it is (evaluate or predict, no training), so every weight, the
+    classification head included, must come from the checkpoint instead of a random initialisation."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     name = model_args.config_name or model_args.model_name_or_path
@@ -101,10 +153,20 @@ def load_model(model_args, label_space: LabelSpace, tokenizer, dtype: torch.dtyp
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
             dtype=dtype,
             attn_implementation=model_args.attn_implementation,
-            use_safetensors=True,
+            # None: safetensors first, else a .bin through torch.load(weights_only=True), only when the user allows
+            use_safetensors=True if getattr(model_args, "use_safetensors", True) else None,
+            output_loading_info=True,
         )
     except (OSError, ValueError) as e:
         raise _load_error("model", model_args.model_name_or_path, e) from None
+    model, info = model
+    if require_head and info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise UsageError(
+            f"model_name_or_path {model_args.model_name_or_path} has no trained classification head ({missing[0]} "
+            "is not in its weights), so its predictions would be random; give the output_dir of a training run, or "
+            "train it first with --do_train"
+        )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -17,12 +17,14 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import hf_token, parse_args, to_loggable_dict
+from .checkpoints import (GracefulStop, Interrupted, check_resumable, latest_complete_checkpoint,
+                          set_aside_incomplete)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .errors import UsageError
 from .labels import LabelSpace, build_label_space, label_space_from_config
 from .loss import ClassificationLoss
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics
-from .modeling import load_model, load_tokenizer, max_length_for, resolve_dtype
+from .modeling import check_model_source, load_model, load_tokenizer, max_length_for, resolve_dtype
 from .outputs import classification_report, decode, write_json, write_jsonl
 from .report import write_report
 
@@ -48,23 +50,21 @@ def setup_logging(training_args) -> None:
 
 
 def checkpoint_to_resume(training_args) -> str | None:
-    """Resume from the last complete checkpoint in output_dir; refuse to clobber a finished run unless asked.
+    """Resume from the newest complete checkpoint in output_dir (skipping incomplete ones, left by a kill while
+    saving); refuse to clobber a finished run unless asked.
 
     Under several processes every rank reaches the same answer: only the process that saves (rank 0, or each
     node's first with save_on_each_node) deletes old checkpoints, and the others wait until it is done.
     """
     if training_args.resume_from_checkpoint:
-        path = Path(training_args.resume_from_checkpoint)
-        if not path.is_dir():
-            raise UsageError(f"resume_from_checkpoint {path} is not a directory; give a checkpoint-N directory")
-        return str(path)
+        return check_resumable(training_args.resume_from_checkpoint)
     if not training_args.do_train:
         return None
     out = Path(training_args.output_dir)
     if training_args.overwrite_output_dir and restart_count() > 0:
         # the launcher restarted this same job (torchrun --max_restarts, SLURM --requeue): the first attempt already
         # replaced the old run, so carry on from this job's own checkpoints instead of wiping them
-        last = last_complete_checkpoint(out) if out.is_dir() else None
+        last = latest_complete_checkpoint(out) if out.is_dir() else None
         logger.warning("restart %d of this job: %s", restart_count(),
                        f"resuming from {last}" if last else "no checkpoint yet, starting afresh")
         return last
@@ -80,7 +80,7 @@ def checkpoint_to_resume(training_args) -> str | None:
         return None
     if not out.is_dir():
         return None
-    last = last_complete_checkpoint(out)
+    last = latest_complete_checkpoint(out)
     if last is not None:
         logger.info("resuming from %s (use --overwrite_output_dir true to start afresh)", last)
         return last
@@ -97,19 +97,6 @@ def restart_count() -> int:
     """How often a launcher has restarted this same job: torchrun's --max_restarts, SLURM's --requeue."""
     counts = (os.environ.get(name, "") for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
     return max((int(c) for c in counts if c.strip().isdigit()), default=0)
-
-
-def last_complete_checkpoint(out: Path) -> str | None:
-    """The newest checkpoint-N saved whole. Trainer writes trainer_state.json last, so a run killed while saving
-    leaves a checkpoint without it, and resuming from that one would fail on every rerun."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(out))
-    if last is None or (Path(last) / "trainer_state.json").is_file():
-        return last
-    whole = [p for p in out.glob("checkpoint-*") if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()]
-    logger.warning("%s is incomplete (killed while saving?): skipping it", last)
-    return str(max(whole, key=lambda p: int(p.name[11:]))) if whole else None
 
 
 class ClassificationTrainer(Trainer):
@@ -161,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info("world size %d, process %d, device %s, bf16 %s, fp16 %s", training_args.world_size,
                 training_args.process_index, training_args.device, training_args.bf16, training_args.fp16)
     resume = checkpoint_to_resume(training_args)
+    check_model_source(model_args.model_name_or_path, model_args.use_safetensors)
 
     # --- Data -----------------------------------------------------------------------------------------
     cols = Columns.from_args(data_args)
@@ -199,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --- Tokenizer and model --------------------------------------------------------------------------
     tokenizer = load_tokenizer(model_args, token)
     dtype = resolve_dtype(model_args.torch_dtype, training_args.bf16, training_args.fp16)
-    model = load_model(model_args, label_space, tokenizer, dtype=dtype, token=token)
+    model = load_model(model_args, label_space, tokenizer, dtype=dtype, token=token,
+                       require_head=not training_args.do_train)
     max_length = max_length_for(tokenizer, model, data_args.max_seq_length)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model %s: %.1fM parameters, dtype %s, attention %s, max length %d, padding side %s",
@@ -218,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         training_args.greater_is_better = greater
     mixed = training_args.bf16 or training_args.fp16
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if mixed else None)
+    stopper = GracefulStop()  # SIGINT/SIGTERM: save a checkpoint at the end of the step, then stop
     trainer = ClassificationTrainer(
         model=model,
         args=training_args,
@@ -227,13 +217,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_collator=collator,
         compute_metrics=build_compute_metrics(label_space, data_args.metric_name),
         compute_loss_func=ClassificationLoss(label_space.problem_type),
+        callbacks=[stopper],
     )
     out = Path(training_args.output_dir)
     results: dict[str, Any] = {}
 
     # --- Train ----------------------------------------------------------------------------------------
     if training_args.do_train:
+        if trainer.is_world_process_zero():
+            set_aside_incomplete(out)  # a kill while saving leaves one; the resumed run may save that step again
         train_result = trainer.train(resume_from_checkpoint=resume)
+        stopper.raise_if_stopped(training_args.output_dir)  # SIGINT/SIGTERM: a checkpoint is saved, nothing else
         trainer.save_model()
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(tokenized["train"])
@@ -305,8 +299,9 @@ def saved_label_space(model_args, token: str | None) -> LabelSpace:
         raise UsageError(f"model {model_args.model_name_or_path!r} could not be loaded: {str(e).splitlines()[0]}") from None
     if not getattr(config, "problem_type", None):
         raise UsageError(
-            f"{model_args.model_name_or_path}: no label space in its config (no problem_type); "
-            "give --train_file to train a classifier first"
+            f"model_name_or_path {model_args.model_name_or_path} has no label map (no problem_type in its "
+            "config.json): it is a base model, not a trained classifier; give the output_dir of a training run, "
+            "or train it first with --do_train --train_file"
         )
     return label_space_from_config(config.id2label, config.problem_type)
 
@@ -320,6 +315,12 @@ def cli(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except Interrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading, tokenizing, evaluating): nothing half-written
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -217,19 +217,3 @@ def test_summary_statistics_and_parameters_from_run_args(tmp_path):
     assert "| 2e-05-3 | 2e-05 | 3 |  | not finished |" in md
     rows = list(csv.DictReader((tmp_path / "sweep_results.csv").open()))
     assert len(rows) == 5 and (tmp_path / "sweep_learning_rate.png").read_bytes()[:8] == PNG_MAGIC
-
-
-def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path):
-    """A run killed while saving leaves checkpoint-N without trainer_state.json (Trainer writes it last): resuming
-    takes the newest whole checkpoint instead of failing on every re-run."""
-    from seqcls.train import last_complete_checkpoint
-
-    for step, whole in ((4, True), (8, True), (12, False)):
-        d = tmp_path / f"checkpoint-{step}"
-        d.mkdir()
-        (d / "model.safetensors").write_bytes(b"")
-        if whole:
-            (d / "trainer_state.json").write_text("{}")
-    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
-    (tmp_path / "checkpoint-12" / "trainer_state.json").write_text("{}")
-    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-12")
