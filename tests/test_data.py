@@ -30,7 +30,7 @@ def jsonl(tmp_path, rows, name="d.jsonl"):
     ([{"text": "a", "label": "x"}, {"body": "b", "label": "y"}], r"d.jsonl:2: no column 'text'; columns there: body, label"),
     ([{"text": "a"}], r"d.jsonl:1: no label column 'label'; columns there: text"),
     ([{"text": "a", "label": None}], r"d.jsonl:1: the label is null"),
-    ([{"text": "a", "label": "x"}, {"text": "b", "label": 1}], r"mixes types: str \(first on line 1\), number \(first on line 2\)"),
+    ([{"text": "a", "label": "x"}, {"text": "b", "label": 1}], r"d.jsonl:2: label 1 is a number, but 1 row\(s\) \(first on line 1\) have a str label"),
     ([{"text": 42, "label": "x"}], r"d.jsonl:1: column 'text' holds 42 \(int\), not text"),
     ([], r"d.jsonl: the file is empty"),
 ])
