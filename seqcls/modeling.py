@@ -302,7 +302,7 @@ def lora_target_modules(model, requested: list[str] | None) -> list[str] | str:
     return relative if matched == in_blocks else sorted(in_blocks)
 
 
-def apply_lora(model, model_args, gradient_checkpointing: bool = False, gradient_checkpointing_kwargs=None):
+def apply_lora(model, model_args, gradient_checkpointing: bool = False):
     """Wrap the model with LoRA adapters (task SEQ_CLS); the head is trained in full and saved (modules_to_save).
 
     A 4-bit model is first prepared for k-bit training (frozen, norms upcast to fp32). With gradient checkpointing
@@ -312,8 +312,8 @@ def apply_lora(model, model_args, gradient_checkpointing: bool = False, gradient
 
     head_name, _ = head_module(model)
     if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        # checkpointing itself is switched on by the Trainer (activation_checkpointing); only the k-bit preparation here
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if gradient_checkpointing:
         model.enable_input_require_grads()
         model.config.use_cache = False

@@ -184,8 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "side %s, pooling token %r", model.config.model_type, n_params / 1e6, dtype,
                 model_args.attn_implementation, max_length, tokenizer.padding_side, tokenizer.truncation_side, marker)
     if model_args.use_lora and training_args.do_train:
-        model = apply_lora(model, model_args, training_args.gradient_checkpointing,
-                           training_args.gradient_checkpointing_kwargs)
+        checkpointing = getattr(training_args, "activation_checkpointing", None)  # transformers >= 5.x name
+        if checkpointing is None:
+            checkpointing = training_args.gradient_checkpointing
+        model = apply_lora(model, model_args, bool(checkpointing))
 
     # --- Tokenize (once: the main process first, the others read its cache) ----------------------------
     with training_args.main_process_first(desc="tokenizing"):
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.save_model()
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(tokenized["train"])
+        metrics["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         metrics["world_size"] = training_args.world_size
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)

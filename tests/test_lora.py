@@ -21,7 +21,7 @@ def lora_run(tiny_model_dir, tmp_path_factory):
     """One LoRA training run that also exercises the imbalance options and the pooling token (single-label)."""
     out = tmp_path_factory.mktemp("lora") / "run"
     proc = run_cli(*train_args(tiny_model_dir, out, "--use_lora", "true", "--lora_r", "4", "--lora_alpha", "8",
-                               "--lora_dropout", "0.0", "--gradient_checkpointing", "true", "--append_eos", "true",
+                               "--lora_dropout", "0.0", "--activation_checkpointing", "true", "--append_eos", "true",
                                "--truncation_side", "left", "--class_weights", "auto", "--focal_gamma", "2",
                                "--label_smoothing_factor", "0.1", "--log_level", "info"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -80,6 +80,14 @@ def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path):
     names = saved["label_space"]["names"]
     written = np.array([[r["probabilities"][n] for n in names] for r in rows])
     np.testing.assert_allclose(softmax(adapter_logits), written, atol=2e-6)
+
+    # evaluating / predicting with the adapter directory through the CLI: same predictions, same pooling token
+    predicted = tmp_path / "predict"
+    proc = run_cli(str(ROOT / "run_classification.py"), "--model_name_or_path", str(out), "--test_file",
+                   str(ROOT / "data/example_test.jsonl"), "--do_predict", "--output_dir", str(predicted),
+                   "--use_cpu", "true", "--report_to", "none", "--max_seq_length", "64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (predicted / "predict_results.jsonl").read_text() == (out / "predict_results.jsonl").read_text()
 
     merged = tmp_path / "merged"
     proc = run_cli("-m", "seqcls.merge", str(out), str(merged))
@@ -175,3 +183,12 @@ def test_fp16_keeps_the_head_and_logits_in_fp32(tiny_model_dir):
         prepare_precision(model, fp16=True, dtype=torch.float32)
         assert model(input_ids=ids).logits.dtype == torch.float32
     assert model.score.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b_lora.yaml", "qwen2.5-7b_qlora.yaml"])
+def test_lora_recipes_parse(name):
+    from seqcls.arguments import parse_args
+
+    model_args, _, training_args = parse_args([str(ROOT / "configs" / name), "--train_file", "t.jsonl"])
+    assert model_args.use_lora and model_args.append_eos
+    assert model_args.load_in_4bit == ("qlora" in name)
