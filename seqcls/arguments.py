@@ -200,7 +200,9 @@ class TrainingArguments(transformers.TrainingArguments):
         default=None,
         metadata={
             "help": "bf16 mixed precision. Default: on when training on a CUDA GPU that supports it (and fp16 is "
-            "off), else off."
+            "off), else off.",
+            "nargs": "?",
+            "const": True,  # a bare --bf16 means true, as before
         },
     )
     class_weights: list[str] | None = field(

@@ -302,8 +302,15 @@ def lora_target_modules(model, requested: list[str] | None) -> list[str] | str:
     return relative if matched == in_blocks else sorted(in_blocks)
 
 
+def checkpointing_on(training_args) -> bool:
+    """Whether the Trainer will checkpoint activations (`activation_checkpointing`, formerly gradient_checkpointing)."""
+    on = getattr(training_args, "activation_checkpointing", None)
+    return bool(training_args.gradient_checkpointing if on is None else on)
+
+
 def apply_lora(model, model_args, gradient_checkpointing: bool = False):
-    """Wrap the model with LoRA adapters (task SEQ_CLS); the head is trained in full and saved (modules_to_save).
+    """Wrap the model with LoRA adapters (task SEQ_CLS); the head (and an encoder's pooler) is trained in full and
+    saved (modules_to_save).
 
     A 4-bit model is first prepared for k-bit training (frozen, norms upcast to fp32). With gradient checkpointing
     the input embeddings' output requires grad, so checkpointed blocks see a tensor that needs a gradient.
@@ -318,13 +325,15 @@ def apply_lora(model, model_args, gradient_checkpointing: bool = False):
         model.enable_input_require_grads()
         model.config.use_cache = False
     targets = lora_target_modules(model, model_args.lora_target_modules)
+    # encoders (BERT) classify pooler(CLS): the pooler is part of the head, trained in full with it
+    poolers = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name.endswith(".pooler")})
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
         target_modules=targets,
-        modules_to_save=[head_name],
+        modules_to_save=[head_name, *poolers],
     )
     try:
         peft_model = get_peft_model(model, config)

@@ -22,7 +22,7 @@ from .errors import UsageError
 from .labels import MULTI, LabelSpace, build_label_space, label_space_from_config
 from .loss import ClassificationLoss, resolve_class_weights
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics, sigmoid
-from .modeling import (apply_lora, check_head_unquantized, check_vocab_ids, is_adapter_dir, load_model,
+from .modeling import (apply_lora, check_head_unquantized, checkpointing_on, check_vocab_ids, is_adapter_dir, load_model,
                        load_tokenizer, max_length_for, model_config_path, pooling_token, pooling_token_id,
                        prepare_precision, quantization_config, resolve_dtype, save_adapter_config)
 from .outputs import classification_report, decode, write_json, write_jsonl
@@ -184,10 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "side %s, pooling token %r", model.config.model_type, n_params / 1e6, dtype,
                 model_args.attn_implementation, max_length, tokenizer.padding_side, tokenizer.truncation_side, marker)
     if model_args.use_lora and training_args.do_train:
-        checkpointing = getattr(training_args, "activation_checkpointing", None)  # transformers >= 5.x name
-        if checkpointing is None:
-            checkpointing = training_args.gradient_checkpointing
-        model = apply_lora(model, model_args, bool(checkpointing))
+        model = apply_lora(model, model_args, checkpointing_on(training_args))
 
     # --- Tokenize (once: the main process first, the others read its cache) ----------------------------
     with training_args.main_process_first(desc="tokenizing"):

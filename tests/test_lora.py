@@ -136,6 +136,7 @@ def test_lora_option_mistakes():
                                                       "--class_weights", "1", "2.5", "--use_cpu", "true"])
     assert model_args.use_lora and model_args.lora_target_modules == ["q_proj", "v_proj"]
     assert training_args.class_weights == ["1", "2.5"] and training_args.bf16 is False  # CPU: no bf16 default
+    assert parse_args(base + ["--use_cpu", "true", "--bf16"])[2].bf16 is True  # a bare --bf16 still means true
 
 
 def test_qlora_config_and_head_check():
@@ -158,7 +159,7 @@ def test_qlora_config_and_head_check():
 
 
 @pytest.mark.skipif(not MINILM.is_dir(), reason="the MiniLM test model is not installed")
-def test_default_targets_for_an_encoder_skip_pooler_and_head():
+def test_encoder_targets_the_blocks_and_trains_pooler_and_head_in_full():
     from transformers import AutoModelForSequenceClassification
 
     from seqcls.modeling import lora_target_modules
@@ -168,6 +169,15 @@ def test_default_targets_for_an_encoder_skip_pooler_and_head():
     assert sorted(targets) == sorted(["attention.self.query", "attention.self.key", "attention.self.value",
                                       "attention.output.dense", "intermediate.dense", "output.dense"])
     assert lora_target_modules(model, ["query", "value"]) == ["query", "value"]
+    # BERT classifies pooler(CLS): the pooler is trained in full with the classifier
+    from types import SimpleNamespace
+
+    from seqcls.modeling import apply_lora
+
+    lora = apply_lora(model, SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
+                                             model_name_or_path=str(MINILM)))
+    full = {n for n, p in lora.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert any(".pooler." in n for n in full) and any(".classifier." in n for n in full)
 
 
 def test_fp16_keeps_the_head_and_logits_in_fp32(tiny_model_dir):
