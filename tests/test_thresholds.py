@@ -46,7 +46,7 @@ def tuned_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("thresholds") / "run"
     data = "data/example_multilabel.jsonl"
     proc = run_cli(*train_args(tiny_model_dir, out, "--tune_thresholds", "true", "--class_weights", "auto",
-                               "--num_train_epochs", "2", "--log_level", "info", data=data, test=data))
+                               "--log_level", "info", data=data, test=data))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -77,6 +77,8 @@ def test_tuned_thresholds_are_saved_and_used_by_evaluation_and_prediction(tuned_
 
 
 def test_tune_thresholds_needs_multi_label(tiny_model_dir, tmp_path):
-    proc = run_cli(*train_args(tiny_model_dir, tmp_path / "run", "--tune_thresholds", "true", test=None))
-    assert proc.returncode == 2 and "tune_thresholds applies to multi-label" in proc.stderr
+    from seqcls.train import main
+
+    with pytest.raises(UsageError, match="tune_thresholds applies to multi-label"):
+        main(train_args(tiny_model_dir, tmp_path / "run", "--tune_thresholds", "true", test=None)[1:])
     assert not (tmp_path / "run").exists()
