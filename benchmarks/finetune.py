@@ -40,8 +40,8 @@ GOEMOTIONS = [
     "--model_name_or_path", MINILM,
     "--train_file", str(DATA / "goemotions/train.jsonl"), "--validation_file", str(DATA / "goemotions/validation.jsonl"),
     "--test_file", str(DATA / "goemotions/test.jsonl"),
-    "--max_train_samples", "8000", "--max_eval_samples", "2000",  # tune on 2000 validation rows; test: all 5427
-    "--max_seq_length", "64", "--num_train_epochs", "1", "--per_device_train_batch_size", "32",
+    "--max_train_samples", "16000", "--max_eval_samples", "2000",  # tune on 2000 validation rows; test: all 5427
+    "--max_seq_length", "64", "--num_train_epochs", "2", "--per_device_train_batch_size", "16",
     "--per_device_eval_batch_size", "128", "--warmup_steps", "0.06", "--weight_decay", "0.01",
     "--tune_thresholds", "true",
 ]

@@ -1,4 +1,5 @@
-"""Tokenizer and model loading: the pad-token policy for decoder LLMs, dtype, attention kernel, label maps."""
+"""Tokenizer and model loading: the pad-token policy for decoder LLMs, the pooling token, dtype and the fp32 head,
+attention kernel, label maps; LoRA / QLoRA through PEFT and bitsandbytes; loading trained (adapter) directories."""
 from __future__ import annotations
 
 import logging

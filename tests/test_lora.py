@@ -180,7 +180,7 @@ def test_encoder_targets_the_blocks_and_trains_pooler_and_head_in_full():
     assert any(".pooler." in n for n in full) and any(".classifier." in n for n in full)
 
 
-def test_fp16_keeps_the_head_and_logits_in_fp32(tiny_model_dir):
+def test_fp16_keeps_the_head_and_logits_in_fp32(tiny_model_dir, caplog):
     from transformers import AutoModelForSequenceClassification
 
     from seqcls.modeling import prepare_precision
@@ -190,7 +190,9 @@ def test_fp16_keeps_the_head_and_logits_in_fp32(tiny_model_dir):
     ids = torch.tensor([[9707, 1879]])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         assert model(input_ids=ids).logits.dtype == torch.float16
-        prepare_precision(model, fp16=True, dtype=torch.float32)
+        with caplog.at_level("WARNING", logger="seqcls.modeling"):
+            prepare_precision(model, fp16=True, dtype=torch.float32)
+        assert "fp16 with a Qwen model" in caplog.text
         assert model(input_ids=ids).logits.dtype == torch.float32
     assert model.score.weight.dtype == torch.float32
 
