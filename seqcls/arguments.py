@@ -82,6 +82,48 @@ class ModelArguments:
         default=None,
         metadata={"help": "Pad token to use when the tokenizer has none (default: its eos token)."},
     )
+    truncation_side: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cut long texts on the right (keep the start) or the left (keep the end). Default: the "
+            "tokenizer's own (right).",
+            "choices": ["left", "right"],
+        },
+    )
+    append_eos: bool = field(
+        default=False,
+        metadata={
+            "help": "Append the eos token to every text (after truncation, so it is never cut): the head then "
+            "reads a fixed end-of-text marker. The pad token is switched to another existing special token."
+        },
+    )
+    cls_token: str | None = field(
+        default=None,
+        metadata={"help": "Like append_eos, with this existing token as the end-of-text marker (no new embeddings)."},
+    )
+    # LoRA / QLoRA
+    use_lora: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters (PEFT) and the classification head instead of every weight."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=32, metadata={"help": "LoRA scaling numerator (the update is alpha/r x BA)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules that get LoRA adapters (names or suffixes such as q_proj v_proj, or all-linear). "
+            "Default: every linear layer of the transformer blocks (not embeddings, not the head).",
+            "nargs": "+",
+        },
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={
+            "help": "QLoRA: load the base weights in 4-bit NF4 through bitsandbytes (CUDA GPU only), compute in "
+            "bf16, head unquantized. Needs use_lora."
+        },
+    )
 
 
 @dataclass
@@ -162,12 +204,50 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "Start afresh in an output_dir that already holds a finished run or checkpoints."},
     )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. Default: on when training on a CUDA GPU that supports it (and fp16 is "
+            "off), else off.",
+            "nargs": "?",
+            "const": True,  # a bare --bf16 means true, as before
+        },
+    )
+    class_weights: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Class imbalance: `auto` (inverse class frequency in train: N / (num_labels x count)) or one "
+            "weight per label in label order. Single-label: cross-entropy class weights; multi-label: BCE "
+            "positive-class weights (auto: negatives / positives per label).",
+            "nargs": "+",
+        },
+    )
+    focal_gamma: float = field(
+        default=0.0,
+        metadata={"help": "Focal loss exponent: each term is scaled by (1 - p_true)^gamma (0 = plain loss; 2 is usual)."},
+    )
+    tune_thresholds: bool = field(
+        default=False,
+        metadata={
+            "help": "Multi-label: after training, pick each label's threshold on the validation set to maximise its "
+            "F1; saved with the model (seqcls.json) and used by evaluation and prediction."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = default_bf16(self.use_cpu, self.fp16)
         # transformers fills in metric_for_best_model="loss" under load_best_model_at_end; remember whether the
         # user chose one, so the recipe can default to the metric that suits the problem type instead
         self.metric_for_best_model_given = self.metric_for_best_model is not None
         super().__post_init__()
+
+
+def default_bf16(use_cpu: bool, fp16: bool) -> bool:
+    """bf16 by default where it is fast and safe: a CUDA GPU with bf16 support, and fp16 not asked for."""
+    import torch
+
+    return bool(not use_cpu and not fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 DATACLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
@@ -309,6 +389,7 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
         )
     if data_args.do_regression and data_args.problem_type not in (None, "regression"):
         raise UsageError(f"do_regression true contradicts problem_type {data_args.problem_type}")
+    validate_finetuning(model_args, data_args, training_args)
     out = Path(training_args.output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output_dir {out} is a file; choose a directory path")
@@ -331,6 +412,40 @@ def check_writable(out: Path) -> None:
             f"output_dir {out} is not writable ({e.strerror} in {existing}); choose a directory you can write to, "
             "or fix its permissions"
         ) from None
+
+
+def validate_finetuning(model_args: ModelArguments, data_args: DataTrainingArguments,
+                        training_args: TrainingArguments) -> None:
+    """Checks of the LoRA, loss, threshold and pooling-token options (those that need no data or model)."""
+    if model_args.load_in_4bit and not model_args.use_lora:
+        raise UsageError("load_in_4bit needs use_lora true: 4-bit weights cannot be trained directly (QLoRA trains "
+                         "LoRA adapters on top of them)")
+    if model_args.load_in_4bit and training_args.fp16:
+        raise UsageError("load_in_4bit computes in bf16; remove fp16 (use bf16 true)")
+    if model_args.load_in_4bit and model_args.torch_dtype not in ("auto", "bfloat16"):
+        raise UsageError(f"load_in_4bit keeps the unquantized weights in bfloat16; torch_dtype {model_args.torch_dtype} "
+                         "is not supported with it: use auto")
+    if model_args.use_lora:
+        if model_args.lora_r < 1:
+            raise UsageError(f"lora_r must be at least 1, got {model_args.lora_r}")
+        if not 0 <= model_args.lora_dropout < 1:
+            raise UsageError(f"lora_dropout must be in [0, 1), got {model_args.lora_dropout}")
+    if model_args.append_eos and model_args.cls_token:
+        raise UsageError("give either append_eos or cls_token, not both (cls_token names the marker to append)")
+    if training_args.focal_gamma < 0:
+        raise UsageError(f"focal_gamma must not be negative, got {training_args.focal_gamma}")
+    if not 0 <= training_args.label_smoothing_factor < 1:
+        raise UsageError(f"label_smoothing_factor must be in [0, 1), got {training_args.label_smoothing_factor}")
+    if training_args.tune_thresholds and not training_args.do_train:
+        raise UsageError("tune_thresholds runs after training: add --do_train (and validation data)")
+    weights = training_args.class_weights
+    if weights is not None and weights != ["auto"]:
+        try:
+            values = [float(w) for w in weights]
+        except ValueError:
+            raise UsageError(f"class_weights must be `auto` or one number per label, got {' '.join(weights)}") from None
+        if any(not (v >= 0 and v < float("inf")) for v in values) or not any(v > 0 for v in values):
+            raise UsageError(f"class_weights must be finite, non-negative and not all zero, got {' '.join(weights)}")
 
 
 def to_loggable_dict(*args_objects) -> dict[str, Any]:

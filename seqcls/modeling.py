@@ -1,4 +1,5 @@
-"""Tokenizer and model loading: the pad-token policy for decoder LLMs, dtype, attention kernel, label maps."""
+"""Tokenizer and model loading: the pad-token policy for decoder LLMs, the pooling token, dtype and the fp32 head,
+attention kernel, label maps; LoRA / QLoRA through PEFT and bitsandbytes; loading trained (adapter) directories."""
 from __future__ import annotations
 
 import json
@@ -72,7 +73,8 @@ def check_model_source(name: str, use_safetensors: bool = True, key: str = "mode
 
 
 def load_tokenizer(model_args, token: str | None = None):
-    """The tokenizer, with a pad token (its own, else `pad_token`, else its eos) and the chosen padding side."""
+    """The tokenizer, with a pad token (its own, else `pad_token`, else its eos; never the pooling token) and the
+    chosen padding and truncation sides."""
     from transformers import AutoTokenizer
 
     name = model_args.tokenizer_name or model_args.model_name_or_path
@@ -87,27 +89,70 @@ def load_tokenizer(model_args, token: str | None = None):
         )
     except (OSError, ValueError) as e:
         raise _load_error("tokenizer", name, e) from None
-    set_pad_token(tokenizer, model_args.pad_token)
+    marker = pooling_token(model_args, tokenizer)
+    set_pad_token(tokenizer, model_args.pad_token, avoid=marker)
     if model_args.padding_side:
         tokenizer.padding_side = model_args.padding_side
+    if getattr(model_args, "truncation_side", None):
+        tokenizer.truncation_side = model_args.truncation_side
     return tokenizer
 
 
-def set_pad_token(tokenizer, pad_token: str | None = None) -> None:
+def pooling_token(model_args, tokenizer) -> str | None:
+    """The end-of-text marker appended to every text (`cls_token`, or the eos token under `append_eos`), or None.
+
+    It must be an existing token: a new one would need a new, untrained embedding row.
+    """
+    if getattr(model_args, "cls_token", None):
+        if model_args.cls_token not in tokenizer.get_vocab():
+            raise UsageError(f"cls_token {model_args.cls_token!r} is not in the tokenizer's vocabulary; choose an "
+                             "existing (special) token, e.g. the eos token, so no embedding is added")
+        return model_args.cls_token
+    if getattr(model_args, "append_eos", False):
+        if tokenizer.eos_token is None:
+            raise UsageError("append_eos: the tokenizer has no eos token; name an existing marker with cls_token")
+        return tokenizer.eos_token
+    return None
+
+
+def pooling_token_id(tokenizer, marker: str | None) -> int | None:
+    return None if marker is None else tokenizer.convert_tokens_to_ids(marker)
+
+
+# Existing special tokens tried, in order, as the pad token when the usual one is the pooling marker
+# (Qwen2: <|endoftext|> is both eos and pad; <|im_end|> exists in every Qwen2 tokenizer).
+PAD_FALLBACKS = ("<|endoftext|>", "<|im_end|>", "<|end_of_text|>", "<|eot_id|>", "</s>", "<pad>", "[PAD]")
+
+
+def set_pad_token(tokenizer, pad_token: str | None = None, avoid: str | None = None) -> None:
     """Decoder LLMs often ship without a pad token: use the one asked for, else the eos token.
 
     The head pools the last token that is not the pad token, so a text must not end in the pad token:
-    with pad == eos, an eos appended to a text is skipped (prefer a distinct pad token then).
+    with a pooling marker (`avoid`), the pad token is switched to another existing special token (no new
+    embedding row), and asking for the marker itself as pad token is an error.
     """
     if pad_token is not None:
         if pad_token not in tokenizer.get_vocab():
             raise UsageError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary; choose an existing token")
+        if pad_token == avoid:
+            raise UsageError(f"pad_token {pad_token!r} is also the pooling token appended to every text; the head "
+                             "would skip it: choose another pad_token")
         tokenizer.pad_token = pad_token
     elif tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UsageError("the tokenizer has neither a pad nor an eos token; set pad_token to an existing token")
         tokenizer.pad_token = tokenizer.eos_token
         logger.info("pad token: none in the tokenizer, using its eos token %r", tokenizer.eos_token)
+    if avoid is not None and tokenizer.pad_token == avoid:
+        vocab = tokenizer.get_vocab()
+        candidates = [tokenizer.eos_token, *PAD_FALLBACKS, tokenizer.unk_token, tokenizer.bos_token,
+                      *tokenizer.all_special_tokens]
+        choice = next((c for c in candidates if c and c != avoid and c in vocab), None)
+        if choice is None:
+            raise UsageError(f"the pooling token {avoid!r} is also the pad token and the tokenizer has no other "
+                             "special token to pad with; set pad_token to an existing token")
+        tokenizer.pad_token = choice
+        logger.info("pad token: %r (the pooling token %r must differ from it)", choice, avoid)
 
 
 def resolve_dtype(name: str, bf16: bool = False, fp16: bool = False) -> torch.dtype:
@@ -118,13 +163,22 @@ def resolve_dtype(name: str, bf16: bool = False, fp16: bool = False) -> torch.dt
 
 
 def load_model(model_args, label_space: LabelSpace, tokenizer, dtype: torch.dtype = torch.float32,
-               token: str | None = None, require_head: bool = False):
+               token: str | None = None, require_head: bool = False, quantization_config=None, device_map=None):
     """AutoModelForSequenceClassification with the label maps, problem type and pad token id in its config.
 
     `require_head`: the model is used as it is (evaluate or predict, no training), so every weight, the
-    classification head included, must come from the checkpoint instead of a random initialisation."""
+    classification head included, must come from the checkpoint instead of a random initialisation.
+    A LoRA adapter directory (from a use_lora run) loads as its base model plus the adapter, for evaluation and
+    prediction."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    if is_adapter_dir(model_args.model_name_or_path):
+        model = load_trained_model(model_args.model_name_or_path, dtype=dtype, token=token,
+                                   attn_implementation=model_args.attn_implementation)
+        if model.config.pad_token_id != tokenizer.pad_token_id:
+            raise UsageError(f"{model_args.model_name_or_path}: the model pads with id {model.config.pad_token_id}, "
+                             f"the tokenizer with {tokenizer.pad_token_id}; use the tokenizer saved with the adapter")
+        return model
     name = model_args.config_name or model_args.model_name_or_path
     try:
         config = AutoConfig.from_pretrained(
@@ -156,6 +210,7 @@ def load_model(model_args, label_space: LabelSpace, tokenizer, dtype: torch.dtyp
             # None: safetensors first, else a .bin through torch.load(weights_only=True), only when the user allows
             use_safetensors=True if getattr(model_args, "use_safetensors", True) else None,
             output_loading_info=True,
+            **({"quantization_config": quantization_config, "device_map": device_map} if quantization_config else {}),
         )
     except (OSError, ValueError) as e:
         raise _load_error("model", model_args.model_name_or_path, e) from None
@@ -184,3 +239,234 @@ def max_length_for(tokenizer, model, requested: int | None, cap: int = 2048) -> 
         return requested
     candidates = [c for c in (tokenizer.model_max_length, limit, cap) if c and c < 10**9]
     return min(candidates)
+
+
+def check_vocab_ids(model, tokenizer, marker: str | None) -> None:
+    """The pad and pooling tokens must have embedding rows: they are never added, only chosen among existing ones."""
+    rows = model.get_input_embeddings().num_embeddings
+    for what, token_id in (("pad token", tokenizer.pad_token_id), ("pooling token", pooling_token_id(tokenizer, marker))):
+        if token_id is not None and not 0 <= token_id < rows:
+            raise UsageError(f"the {what} id {token_id} is outside the model's {rows} embedding rows; choose another "
+                             "existing token")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The classification head, precision
+
+
+HEAD_NAMES = ("score", "classifier")  # decoder LLMs (Qwen2, Llama, ...), encoders (BERT, ...)
+
+
+def head_module(model) -> tuple[str, torch.nn.Module]:
+    """The classification head's attribute name and module (`score` for decoder LLMs, `classifier` for BERT)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in HEAD_NAMES:
+        module = getattr(base, name, None)
+        if isinstance(module, torch.nn.Module):
+            return name, module
+    raise UsageError(f"{type(base).__name__} has no classification head named {' or '.join(HEAD_NAMES)}; this "
+                     "architecture is not supported")
+
+
+def _fp32_forward(self, hidden_states, *args, **kwargs):
+    """A head forward that runs in fp32 outside autocast (bound to the head instance by `keep_head_fp32`)."""
+    with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+        return type(self).forward(self, hidden_states.float(), *args, **kwargs)
+
+
+def keep_head_fp32(model) -> None:
+    """Keep the head's weights and matmul in fp32 under fp16 autocast (fp16 logits overflow and round badly).
+
+    Bound as an instance method, so the copy PEFT makes of the head for `modules_to_save` keeps it too.
+    """
+    import types
+
+    _, head = head_module(model)
+    head.float()
+    for module in head.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.forward = types.MethodType(_fp32_forward, module)
+
+
+def prepare_precision(model, fp16: bool, dtype: torch.dtype) -> None:
+    """fp16 (autocast or fp16 weights): warn for Qwen models, keep the head in fp32. The loss is fp32 always."""
+    if not (fp16 or dtype == torch.float16):
+        return
+    if str(getattr(model.config, "model_type", "")).startswith("qwen"):
+        logger.warning("fp16 with a Qwen model: its activations are known to overflow fp16 (inf/nan losses); "
+                       "prefer bf16 on a GPU that has it. The head and the loss are kept in fp32.")
+    keep_head_fp32(model)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LoRA and QLoRA (PEFT, bitsandbytes)
+
+
+def quantization_config(model_args, use_cpu: bool = False):
+    """QLoRA's BitsAndBytesConfig (4-bit NF4 weights, double quantization, bf16 compute, head unquantized), or None.
+
+    bitsandbytes 4-bit kernels need a CUDA GPU: on a CPU this is a UsageError, never a silent full-precision run.
+    """
+    if not getattr(model_args, "load_in_4bit", False):
+        return None
+    if use_cpu or not torch.cuda.is_available():
+        raise UsageError("load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; there is none here (or use_cpu is "
+                         "on): on a CPU train LoRA without load_in_4bit (use_lora true)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UsageError("load_in_4bit needs the bitsandbytes package: pip install 'seqcls[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=list(HEAD_NAMES),  # the head stays a plain Linear in the compute dtype
+    )
+
+
+def check_head_unquantized(model, dtype: torch.dtype) -> None:
+    """After a 4-bit load: the head must be plain weights in the compute dtype (a quantized head cannot train)."""
+    name, head = head_module(model)
+    for pname, param in head.named_parameters():
+        kind = type(param).__name__
+        if kind in ("Params4bit", "Int8Params") or param.dtype != dtype:
+            raise RuntimeError(f"the {name} head was loaded as {kind} {param.dtype} ({pname}), expected unquantized "
+                               f"{dtype}: check BitsAndBytesConfig.llm_int8_skip_modules")
+
+
+def lora_target_modules(model, requested: list[str] | None) -> list[str] | str:
+    """What gets LoRA adapters: the user's names (or peft's `all-linear`), else every linear layer of the
+    transformer blocks, as names relative to a block (q_proj, ... for Qwen2; attention.self.query, ... for BERT).
+
+    Relative names keep adapter_config.json short; if one would also match a linear layer outside the blocks
+    (BERT's pooler.dense vs a block's output.dense), full names are used instead. The head is never a target
+    (it is trained in full through modules_to_save).
+    """
+    if requested:
+        return "all-linear" if [r.lower() for r in requested] == ["all-linear"] else list(requested)
+    linear = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    blocks = max(
+        (m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0),
+        key=lambda m: sum(p.numel() for p in m.parameters()),
+        default=None,
+    )
+    if blocks is None:
+        raise UsageError(f"{type(model).__name__}: no transformer blocks found; set lora_target_modules")
+    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    in_blocks = {n for n in linear if n.startswith(prefix + ".")}
+    relative = sorted({n[len(prefix) + 1:].split(".", 1)[1] for n in in_blocks if "." in n[len(prefix) + 1:]})
+    if not relative:
+        raise UsageError(f"{type(model).__name__}: no linear layers in {prefix}; set lora_target_modules")
+    matched = {n for n in linear if any(n == r or n.endswith("." + r) for r in relative)}
+    return relative if matched == in_blocks else sorted(in_blocks)
+
+
+def checkpointing_on(training_args) -> bool:
+    """Whether the Trainer will checkpoint activations (`activation_checkpointing`, formerly gradient_checkpointing)."""
+    on = getattr(training_args, "activation_checkpointing", None)
+    return bool(training_args.gradient_checkpointing if on is None else on)
+
+
+def apply_lora(model, model_args, gradient_checkpointing: bool = False):
+    """Wrap the model with LoRA adapters (task SEQ_CLS); the head (and an encoder's pooler) is trained in full and
+    saved (modules_to_save).
+
+    A 4-bit model is first prepared for k-bit training (frozen, norms upcast to fp32). With gradient checkpointing
+    the input embeddings' output requires grad, so checkpointed blocks see a tensor that needs a gradient.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    head_name, _ = head_module(model)
+    if getattr(model, "is_loaded_in_4bit", False):
+        # checkpointing itself is switched on by the Trainer (activation_checkpointing); only the k-bit preparation here
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.config.use_cache = False
+    targets = lora_target_modules(model, model_args.lora_target_modules)
+    # encoders (BERT) classify pooler(CLS): the pooler is part of the head, trained in full with it
+    poolers = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name.endswith(".pooler")})
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        modules_to_save=[head_name, *poolers],
+    )
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:  # e.g. "Target modules {...} not found in the base model"
+        raise UsageError(f"lora_target_modules {targets}: {str(e).splitlines()[0]}") from None
+    base_path = Path(model_args.model_name_or_path)
+    if base_path.is_dir():  # a relative path would break when the adapter is loaded from elsewhere
+        peft_model.peft_config["default"].base_model_name_or_path = str(base_path.resolve())
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info("LoRA r=%d alpha=%g dropout=%g on %s; trainable parameters %s of %s (%.3f%%), head %r in full",
+                model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                targets if isinstance(targets, str) else f"{len(targets)} module name(s) {targets[:8]}",
+                f"{trainable:,}", f"{total:,}", 100 * trainable / total, head_name)
+    return peft_model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trained model directories: plain, or a LoRA adapter directory
+
+
+CLASSIFIER_CONFIG = "classifier_config.json"  # the classifier's config in an adapter dir (not config.json, which
+# would make transformers take the directory for a full model and look for model.safetensors there)
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def model_config_path(path: str | Path) -> str:
+    """Where a trained model's config (labels, pad id) is: config.json, or classifier_config.json of an adapter."""
+    return str(Path(path) / CLASSIFIER_CONFIG) if is_adapter_dir(path) else str(path)
+
+
+def save_adapter_config(model, out_dir: str | Path) -> None:
+    """Write the classifier config (label maps, problem type, pad id) beside the adapter, for reloading."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from .outputs import atomic_open
+
+    with atomic_open(Path(out_dir) / CLASSIFIER_CONFIG) as f:
+        f.write(base.config.to_json_string())
+
+
+def load_trained_model(path: str | Path, dtype: torch.dtype | None = torch.float32, token: str | None = None,
+                       base_model_name_or_path: str | None = None, attn_implementation: str | None = None):
+    """A trained classifier for inference: a plain model directory, or base model + LoRA adapter (a PeftModel).
+
+    `base_model_name_or_path` overrides the base recorded in adapter_config.json (e.g. after moving files)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = Path(path)
+    kwargs = {"dtype": dtype, "token": token}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if not is_adapter_dir(path):
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+        except (OSError, ValueError) as e:
+            raise _load_error("model", str(path), e) from None
+    import json
+
+    from peft import PeftModel
+
+    if not (path / CLASSIFIER_CONFIG).is_file():
+        raise UsageError(f"{path}: an adapter directory without {CLASSIFIER_CONFIG}; it was not written by "
+                         "seqcls training (give a directory from `run_classification.py --use_lora true`)")
+    config = AutoConfig.from_pretrained(str(path / CLASSIFIER_CONFIG))
+    base = base_model_name_or_path or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base, config=config, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: its base model {base!r} could not be loaded ({first}); give the base model's "
+                         "path with --base_model_name_or_path") from None
+    return PeftModel.from_pretrained(model, str(path))

@@ -21,12 +21,15 @@ from .checkpoints import (GracefulStop, Interrupted, check_resumable, latest_com
                           set_aside_incomplete)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .errors import UsageError
-from .labels import LabelSpace, build_label_space, label_space_from_config
-from .loss import ClassificationLoss
-from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics
-from .modeling import check_model_source, load_model, load_tokenizer, max_length_for, resolve_dtype
+from .labels import MULTI, LabelSpace, build_label_space, label_space_from_config
+from .loss import ClassificationLoss, resolve_class_weights
+from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics, sigmoid
+from .modeling import (apply_lora, check_head_unquantized, check_model_source, checkpointing_on, check_vocab_ids,
+                       is_adapter_dir, load_model, load_tokenizer, max_length_for, model_config_path, pooling_token,
+                       pooling_token_id, prepare_precision, quantization_config, resolve_dtype, save_adapter_config)
 from .outputs import classification_report, decode, write_json, write_jsonl
 from .report import write_report
+from .thresholds import load_thresholds, tune_thresholds
 
 logger = logging.getLogger("seqcls")
 
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 training_args.process_index, training_args.device, training_args.bf16, training_args.fp16)
     resume = checkpoint_to_resume(training_args)
     check_model_source(model_args.model_name_or_path, model_args.use_safetensors)
+    quantization = quantization_config(model_args, use_cpu=training_args.use_cpu)  # QLoRA: fail fast on a CPU
 
     # --- Data -----------------------------------------------------------------------------------------
     cols = Columns.from_args(data_args)
@@ -177,6 +181,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             check_labels(raw[split], label_space, cols.label, sources[split])
     logger.info("label space: %s, %d label(s) %s", label_space.problem_type, label_space.num_labels,
                 list(label_space.names)[:20])
+    if training_args.tune_thresholds and label_space.problem_type != MULTI:
+        raise UsageError(f"tune_thresholds applies to multi-label data; this is {label_space.problem_type}")
+    if training_args.tune_thresholds and "validation" not in raw:
+        raise UsageError("tune_thresholds needs validation data: give --validation_file or "
+                         "--validation_split_percentage")
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
                          ("test", data_args.max_predict_samples)):
         if split in raw:
@@ -185,20 +194,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raw[split] = cut(raw[split], limit)
 
     # --- Tokenizer and model --------------------------------------------------------------------------
+    if not training_args.do_train:
+        use_saved_pooling(model_args)
     tokenizer = load_tokenizer(model_args, token)
+    marker = pooling_token(model_args, tokenizer)
     dtype = resolve_dtype(model_args.torch_dtype, training_args.bf16, training_args.fp16)
+    if quantization is not None:  # QLoRA: 4-bit base weights, everything else in the bf16 compute dtype
+        dtype = torch.bfloat16
+    if is_adapter_dir(model_args.model_name_or_path) and training_args.do_train:
+        raise UsageError(f"{model_args.model_name_or_path} is a LoRA adapter directory: merge it first "
+                         "(seqcls-merge ADAPTER_DIR OUT_DIR) and train from the merged model")
     model = load_model(model_args, label_space, tokenizer, dtype=dtype, token=token,
-                       require_head=not training_args.do_train)
+                       require_head=not training_args.do_train, quantization_config=quantization,
+                       device_map={"": training_args.device} if quantization is not None else None)
+    check_vocab_ids(model, tokenizer, marker)
+    if quantization is not None:
+        check_head_unquantized(model, dtype)
+    prepare_precision(model, training_args.fp16, dtype)
     max_length = max_length_for(tokenizer, model, data_args.max_seq_length)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("model %s: %.1fM parameters, dtype %s, attention %s, max length %d, padding side %s",
-                model.config.model_type, n_params / 1e6, dtype, model_args.attn_implementation, max_length,
-                tokenizer.padding_side)
+    logger.info("model %s: %.1fM parameters, dtype %s, attention %s, max length %d, padding side %s, truncation "
+                "side %s, pooling token %r", model.config.model_type, n_params / 1e6, dtype,
+                model_args.attn_implementation, max_length, tokenizer.padding_side, tokenizer.truncation_side, marker)
+    if model_args.use_lora and training_args.do_train:
+        model = apply_lora(model, model_args, checkpointing_on(training_args))
 
     # --- Tokenize (once: the main process first, the others read its cache) ----------------------------
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize(raw, tokenizer, label_space, cols, max_length, data_args.pad_to_max_length,
-                             data_args.preprocessing_num_workers, data_args.overwrite_cache)
+                             data_args.preprocessing_num_workers, data_args.overwrite_cache,
+                             marker_id=pooling_token_id(tokenizer, marker))
+
+    # --- Loss and thresholds (class weights from train; thresholds saved with a trained model) ---------------
+    class_weights = None
+    if training_args.class_weights is not None and training_args.do_train:
+        class_weights = resolve_class_weights(training_args.class_weights, label_space, tokenized["train"]["labels"])
+        logger.info("class weights (%s): %s", " ".join(training_args.class_weights),
+                    [round(w, 4) for w in class_weights])
+    loss = ClassificationLoss(label_space.problem_type, class_weights, training_args.focal_gamma,
+                              training_args.label_smoothing_factor)
+    thresholds = None
+    if label_space.problem_type == MULTI and not training_args.do_train:
+        thresholds = load_thresholds(model_args.model_name_or_path, label_space.num_labels)
 
     # --- Trainer --------------------------------------------------------------------------------------
     if not training_args.metric_for_best_model_given:
@@ -215,8 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
         data_collator=collator,
-        compute_metrics=build_compute_metrics(label_space, data_args.metric_name),
-        compute_loss_func=ClassificationLoss(label_space.problem_type),
+        compute_metrics=build_compute_metrics(label_space, data_args.metric_name, thresholds=lambda: thresholds),
+        compute_loss_func=loss,
         callbacks=[stopper],
     )
     out = Path(training_args.output_dir)
@@ -231,13 +268,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.save_model()
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(tokenized["train"])
+        metrics["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         metrics["world_size"] = training_args.world_size
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         results.update(metrics)
+        if training_args.tune_thresholds:
+            tune_logits, tune_labels, _ = predict_in_order(trainer, tokenized["validation"], "tune")
+            thresholds = tune_thresholds(sigmoid(tune_logits), tune_labels)
+            logger.info("thresholds tuned on validation: %s", dict(zip(label_space.names, thresholds)))
         if training_args.should_save:  # beside the model, wherever the Trainer saved it
-            write_json(out / SEQCLS_CONFIG, seqcls_config(label_space, cols, max_length))
+            if model_args.use_lora:
+                save_adapter_config(trainer.model, out)
+            write_json(out / SEQCLS_CONFIG, seqcls_config(label_space, cols, max_length, thresholds, marker,
+                                                          tokenizer.truncation_side))
             write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
 
     # --- Evaluate -------------------------------------------------------------------------------------
@@ -248,24 +293,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
         if trainer.is_world_process_zero():
-            write_json(out / "eval_report.json", classification_report(label_space, logits, labels))
+            write_json(out / "eval_report.json", classification_report(label_space, logits, labels, thresholds))
 
     # --- Predict --------------------------------------------------------------------------------------
     if training_args.do_predict:
         test = tokenized["test"]
         logits, labels, metrics = predict_in_order(trainer, test, "test")
         if labels is not None and cols.label in raw["test"].column_names:
-            metrics.update({f"test_{k}": v for k, v in classification_metrics(label_space, logits, labels).items()})
+            metrics.update({f"test_{k}": v for k, v in
+                            classification_metrics(label_space, logits, labels, thresholds).items()})
             metrics["test_samples"] = len(test)
             trainer.log_metrics("test", metrics)
             trainer.save_metrics("test", metrics)
             results.update(metrics)
         if trainer.is_world_process_zero():
             ids = raw["test"][cols.id] if cols.id and cols.id in raw["test"].column_names else range(len(test))
-            rows = ({"id": i, **row} for i, row in zip(ids, decode(label_space, logits)))
+            rows = ({"id": i, **row} for i, row in zip(ids, decode(label_space, logits, thresholds)))
             write_jsonl(out / "predict_results.jsonl", rows)
             if labels is not None:
-                write_json(out / "test_report.json", classification_report(label_space, logits, labels))
+                write_json(out / "test_report.json", classification_report(label_space, logits, labels, thresholds))
             logger.info("predictions: %s (%d rows)", out / "predict_results.jsonl", len(test))
 
     # --- Report: plots and model card (a plot that fails only warns) ----------------------------------
@@ -274,8 +320,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def seqcls_config(label_space: LabelSpace, cols: Columns, max_length: int) -> dict[str, Any]:
-    """What prediction needs besides the model: the same text joining, truncation and label space."""
+def seqcls_config(label_space: LabelSpace, cols: Columns, max_length: int, thresholds=None,
+                  pooling_token: str | None = None, truncation_side: str = "right") -> dict[str, Any]:
+    """What prediction needs besides the model: the same text joining, truncation, pooling token, label space and
+    multi-label thresholds."""
     from . import __version__
 
     return {
@@ -285,15 +333,33 @@ def seqcls_config(label_space: LabelSpace, cols: Columns, max_length: int) -> di
         "text_column_delimiter": cols.delimiter,
         "text_pair_column_name": cols.pair,
         "max_seq_length": max_length,
-        "thresholds": None,
+        "truncation_side": truncation_side,
+        "pooling_token": pooling_token,
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
     }
+
+
+def use_saved_pooling(model_args) -> None:
+    """Evaluating or predicting with a trained model: append the pooling token it was trained with, cut texts on
+    the same side (from its seqcls.json), unless the command line says otherwise."""
+    path = Path(model_args.model_name_or_path) / SEQCLS_CONFIG
+    if not path.is_file():
+        return
+    import json
+
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("pooling_token") and not (model_args.cls_token or model_args.append_eos):
+        model_args.cls_token = saved["pooling_token"]
+        logger.info("pooling token %r from %s", model_args.cls_token, path)
+    if saved.get("truncation_side") and not model_args.truncation_side:
+        model_args.truncation_side = saved["truncation_side"]
 
 
 def saved_label_space(model_args, token: str | None) -> LabelSpace:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, token=token,
+        config = AutoConfig.from_pretrained(model_config_path(model_args.model_name_or_path), token=token,
                                             trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError) as e:
         raise UsageError(f"model {model_args.model_name_or_path!r} could not be loaded: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,131 @@
+"""Merge a LoRA adapter directory into its base model: a plain model directory anyone can load.
+
+    seqcls-merge runs/qwen-lora runs/qwen-merged          (or: python -m seqcls.merge ADAPTER_DIR OUT_DIR)
+
+The result holds model.safetensors (base weights + B·A·alpha/r, the trained head), config.json with the label
+maps and pad id, the tokenizer and seqcls.json, so `AutoModelForSequenceClassification.from_pretrained(OUT_DIR)`,
+`pipeline("text-classification", model=OUT_DIR)` and seqcls prediction load it without PEFT, with the logits
+of the adapter. A QLoRA adapter is merged into the unquantized base (bf16 by default, the base's own dtype):
+merging into 4-bit weights would round the update away.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+from .modeling import DTYPES, is_adapter_dir, load_trained_model
+
+logger = logging.getLogger("seqcls.merge")
+
+COPIED_FILES = ("seqcls.json",)
+
+
+def base_dtype(base: str, token: str | None = None) -> torch.dtype:
+    """The dtype the base checkpoint was published in (config `dtype`), float32 if it does not say."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(base, token=token)
+    except (OSError, ValueError):
+        return torch.float32
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = DTYPES.get(dtype)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "auto", base_model_name_or_path: str | None = None,
+          overwrite: bool = False, token: str | None = None) -> Path:
+    """Merge `adapter_dir` into its base and write a plain model directory at `out_dir` (atomically)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    adapter_dir, out = Path(adapter_dir), Path(out_dir)
+    if not is_adapter_dir(adapter_dir):
+        raise UsageError(f"{adapter_dir} holds no adapter_config.json; give the output_dir of a use_lora training run")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UsageError(f"{out} exists and is not empty; choose another OUT_DIR or add --overwrite")
+    if out.resolve() == adapter_dir.resolve():
+        raise UsageError("OUT_DIR must differ from ADAPTER_DIR")
+    base = base_model_name_or_path or json.loads((adapter_dir / "adapter_config.json").read_text())[
+        "base_model_name_or_path"]
+    torch_dtype = base_dtype(base, token) if dtype == "auto" else DTYPES[dtype]
+    model = load_trained_model(adapter_dir, dtype=torch_dtype, token=token, base_model_name_or_path=base)
+    merged = model.merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        for name in COPIED_FILES:
+            if (adapter_dir / name).is_file():
+                shutil.copy2(adapter_dir / name, tmp / name)
+        os.chmod(tmp, 0o755 & ~_umask())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("merged %s into %s (%s): %s", adapter_dir, base, torch_dtype, out)
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqcls-merge",
+        description="Merge a LoRA adapter directory (a use_lora training run) into its base model and write a plain "
+        "model directory for AutoModelForSequenceClassification / pipeline.",
+    )
+    parser.add_argument("adapter_dir", help="output_dir of a use_lora training run (adapter_config.json, ...)")
+    parser.add_argument("out_dir", help="where to write the merged model (must not exist or be empty)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="dtype of the merged weights (default: the base checkpoint's own dtype)")
+    parser.add_argument("--base_model_name_or_path", default=None,
+                        help="the base model, if not where adapter_config.json says (e.g. after moving it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
+    parser.add_argument("--token", default=None, help="Hub token for a gated base model (or set HF_TOKEN)")
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Console entry point `seqcls-merge`: usage errors are one line on stderr and exit status 2."""
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
+    try:
+        out = merge(args.adapter_dir, args.out_dir, args.dtype, args.base_model_name_or_path, args.overwrite,
+                    args.token or os.environ.get("HF_TOKEN") or None)
+    except UsageError as e:
+        if os.environ.get("SEQCLS_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

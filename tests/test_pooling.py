@@ -1,0 +1,76 @@
+"""Pooling token (append_eos / cls_token): a marker appended to every text after truncation, a pad token that
+differs from it, and the head reading exactly the marker's position with left and right padding."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from seqcls.data import encode_texts
+from seqcls.errors import UsageError
+from seqcls.labels import SINGLE, LabelSpace
+from seqcls.modeling import load_model, load_tokenizer, pooling_token, pooling_token_id
+
+TEXTS = ["好", "这家店的菜很好吃，送餐也快，下次还点", "太慢了"]
+
+
+def model_args(model_dir, **kw):
+    base = dict(model_name_or_path=str(model_dir), tokenizer_name=None, cache_dir=None, use_fast_tokenizer=True,
+                model_revision="main", trust_remote_code=False, padding_side=None, pad_token=None,
+                truncation_side=None, append_eos=False, cls_token=None, config_name=None,
+                ignore_mismatched_sizes=False, attn_implementation="sdpa")
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_append_eos_switches_qwen_pad_token_to_another_existing_special(tiny_model_dir):
+    args = model_args(tiny_model_dir, append_eos=True)
+    tok = load_tokenizer(args)
+    assert pooling_token(args, tok) == "<|endoftext|>"  # Qwen2's eos, which is also its pad token by default
+    assert tok.pad_token == "<|im_end|>" and tok.pad_token_id == 151645  # an existing id: no embedding resize
+    plain = load_tokenizer(model_args(tiny_model_dir))
+    assert plain.pad_token == "<|endoftext|>"
+
+
+def test_marker_survives_truncation_on_both_sides(tiny_model_dir):
+    long_text = "这家店的菜很好吃，送餐也快，下次还点。" * 5
+    for side in ("right", "left"):
+        args = model_args(tiny_model_dir, append_eos=True, truncation_side=side)
+        tok = load_tokenizer(args)
+        marker = pooling_token_id(tok, pooling_token(args, tok))
+        ids = encode_texts(tok, [long_text, "好"], None, max_length=8, marker_id=marker)["input_ids"]
+        assert len(ids[0]) == 8 and ids[0][-1] == marker and ids[1][-1] == marker
+        full = tok(long_text)["input_ids"]
+        assert ids[0][:-1] == (full[:7] if side == "right" else full[-7:])
+        padded = encode_texts(tok, ["好"], None, max_length=8, padding=True, marker_id=marker)
+        assert len(padded["input_ids"][0]) == 8 and marker in padded["input_ids"][0]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_head_pools_the_marker_position(tiny_model_dir, side):
+    args = model_args(tiny_model_dir, append_eos=True, padding_side=side)
+    tok = load_tokenizer(args)
+    marker = pooling_token_id(tok, pooling_token(args, tok))
+    model = load_model(args, LabelSpace(SINGLE, ("a", "b", "c")), tok).eval()
+    assert model.config.pad_token_id == tok.pad_token_id != marker
+    batch = tok.pad(encode_texts(tok, TEXTS, None, max_length=32, marker_id=marker), return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+        for i, text in enumerate(TEXTS):
+            real = batch["attention_mask"][i].nonzero().flatten()
+            pos = int(real[-1])  # the last real token of the row
+            assert batch["input_ids"][i, pos] == marker
+            assert (batch["input_ids"][i, real] != tok.pad_token_id).all()  # no pad id inside the text
+            # the logits are the head applied to the hidden state at the marker's position
+            expected = model.score(out.hidden_states[-1][i, pos])
+            torch.testing.assert_close(out.logits[i], expected, rtol=1e-5, atol=1e-5)
+            alone = tok.pad(encode_texts(tok, [text], None, max_length=32, marker_id=marker), return_tensors="pt")
+            torch.testing.assert_close(model(**alone).logits[0], out.logits[i], rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_token_mistakes(tiny_model_dir):
+    with pytest.raises(UsageError, match="is not in the tokenizer's vocabulary"):
+        load_tokenizer(model_args(tiny_model_dir, cls_token="<|no such token|>"))
+    with pytest.raises(UsageError, match="also the pooling token"):
+        load_tokenizer(model_args(tiny_model_dir, cls_token="<|im_end|>", pad_token="<|im_end|>"))
+    tok = load_tokenizer(model_args(tiny_model_dir, cls_token="<|im_end|>"))
+    assert tok.pad_token == "<|endoftext|>"  # already different from the marker: kept
