@@ -128,7 +128,7 @@ class Classifier:
                     clf.mask_free)
         return clf
 
-    def predict(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
+    def predict(self, texts: str | Iterable[str], text_pairs: str | Iterable[str] | None = None, *,
                 batch_size: int = 64, top_k: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
         """Classify texts (and optional second texts); one result per input, in input order.
 
@@ -145,14 +145,16 @@ class Classifier:
         rows = decode(self.label_space, logits, self.thresholds, top_k)
         return rows[0] if single else rows
 
-    def predict_logits(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, *,
+    def predict_logits(self, texts: Iterable[str], text_pairs: Iterable[str] | None = None, *,
                        batch_size: int = 64, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Raw logits (n, num_labels) in input order; `on_batch(n_texts)` is called after every batch."""
-        _check_texts(texts, text_pairs, batch_size)
+        """Raw logits (n, num_labels) in input order; `on_batch(n_texts)` is called after every batch.
+
+        `texts` may be any iterable of strings (a list, a pandas Series, a generator)."""
+        texts, text_pairs = _check_texts(texts, text_pairs, batch_size)
         out = [np.zeros((0, self.label_space.num_labels), dtype=np.float32)]
         for start in range(0, len(texts), CHUNK_SIZE):
-            chunk = list(texts[start:start + CHUNK_SIZE])
-            pairs = list(text_pairs[start:start + CHUNK_SIZE]) if text_pairs is not None else None
+            chunk = texts[start:start + CHUNK_SIZE]
+            pairs = text_pairs[start:start + CHUNK_SIZE] if text_pairs is not None else None
             encoded = encode_texts(self.tokenizer, chunk, pairs, self.max_length)
             out.append(self._forward_sorted(encoded, batch_size, on_batch))
         return np.concatenate(out)
@@ -191,11 +193,15 @@ class Classifier:
         return batch
 
 
-def _check_texts(texts, text_pairs, batch_size: int) -> None:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise UsageError(f"texts must be a list of strings, got {type(texts).__name__}")
-    if text_pairs is not None and len(text_pairs) != len(texts):
-        raise UsageError(f"text_pairs has {len(text_pairs)} items for {len(texts)} texts; give one per text")
+def _check_texts(texts, text_pairs, batch_size: int) -> tuple[list[str], list[str] | None]:
+    """The inputs as lists, checked: strings, one pair per text, no empty text."""
+    if isinstance(texts, str):
+        raise UsageError("texts must be a list of strings, not one string")
+    texts = texts if isinstance(texts, list) else list(texts)
+    if text_pairs is not None:
+        text_pairs = text_pairs if isinstance(text_pairs, list) else list(text_pairs)
+        if len(text_pairs) != len(texts):
+            raise UsageError(f"text_pairs has {len(text_pairs)} items for {len(texts)} texts; give one per text")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     for name, values in (("texts", texts), ("text_pairs", text_pairs or ())):
@@ -204,6 +210,7 @@ def _check_texts(texts, text_pairs, batch_size: int) -> None:
                 raise UsageError(f"{name}[{i}] is {type(text).__name__}, not a string")
             if name == "texts" and not text.strip():
                 raise UsageError(f"texts[{i}] is empty; give every input some text")
+    return texts, text_pairs
 
 
 def is_causal(model) -> bool:
@@ -617,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:N. Default: CUDA when available, else CPU.")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                    help="Default auto: bfloat16 on a GPU that supports it, else float32.")
+    p.add_argument("--num_threads", type=int,
+                   help="CPU threads for torch. Default: torch's (one per core); on a busy shared machine fewer "
+                        "threads can be much faster.")
     p.add_argument("--on_error", choices=("stop", "skip"), default="stop",
                    help="A bad row (empty text, missing column, bad JSON or UTF-8): stop with its file and line "
                         "(default), or skip it, listing it in --skipped_file.")
@@ -656,6 +666,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top_k must be at least 1, got {args.top_k}")
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise UsageError(f"--num_threads must be at least 1, got {args.num_threads}")
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     output_format = args.output_format or ("csv" if args.output and args.output.lower().endswith(".csv") else "jsonl")
     skipped_file = args.skipped_file or (f"{args.output}.skipped.jsonl" if args.output else "skipped.jsonl")
     if args.output and Path(args.output).is_dir():
