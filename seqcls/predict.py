@@ -674,6 +674,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.num_threads)
     output_format = args.output_format or ("csv" if args.output and args.output.lower().endswith(".csv") else "jsonl")
     skipped_file = args.skipped_file or (f"{args.output}.skipped.jsonl" if args.output else "skipped.jsonl")
+    if args.output and args.input != "-" and Path(args.output).resolve() == Path(args.input).resolve():
+        raise UsageError(f"output {args.output} is the input file; write the predictions to another file")
     if args.output and Path(args.output).is_dir():
         raise UsageError(f"output {args.output} is a directory; give a file name, e.g. {args.output}/predictions.jsonl")
 

@@ -193,6 +193,19 @@ def test_bad_api_input_is_a_clear_error(single):
     assert single.predict([]) == []
 
 
+def test_device_and_dtype_can_be_chosen(built):
+    import torch
+
+    clf = predict.Classifier.from_pretrained(built["single"], device="cpu", dtype="bfloat16")
+    assert clf.dtype == torch.bfloat16 and clf.device.type == "cpu"
+    rows = clf.predict(texts_of()[:4])
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in rows)
+    assert predict.resolve_device_dtype("cpu", None) == (torch.device("cpu"), torch.float32)  # CPU: fp32 by default
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            predict.resolve_device_dtype("cuda", None)
+
+
 def test_import_seqcls_stays_light():
     proc = run_cli("-c", "import sys, seqcls; assert 'torch' not in sys.modules and 'transformers' not in "
                          "sys.modules; from seqcls import Classifier; print(Classifier.__module__)")
@@ -341,6 +354,7 @@ def test_unusable_model_or_input_is_one_line(tiny_model_dir, built, tmp_path, ca
         ([tiny_model_dir, TEST_FILE], "weights missing for score.weight"),  # a base model: its head is random
         ([built["single"], tmp_path / "missing.jsonl"], "does not exist"),
         ([built["regression"], TEST_FILE], "no column 'text_pair'"),
+        ([built["single"], TEST_FILE, "-o", TEST_FILE], "is the input file"),
     ]
     for args, message in cases:
         assert predict.cli([str(a) for a in args]) == 2
