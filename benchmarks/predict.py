@@ -1,7 +1,7 @@
 """Benchmark: texts/s of `Classifier.predict` against `transformers.pipeline` and the naive loop, in one run.
 
     python benchmarks/predict.py                       # tiny + small Qwen2, waimai_10k test + goemotions test
-    python benchmarks/predict.py --sizes small --datasets waimai --repeats 1
+    python benchmarks/predict.py --sizes small --datasets waimai --rounds 1 --repeats 1   # a quick look
 
 Three ways to classify the same texts with the same model directory, each in its own subprocess (so that each
 one's peak RSS is its own), each doing the same work per text (tokenize with truncation at --max_length, forward,
@@ -16,7 +16,9 @@ The models are the embedded random Qwen2s (`seqcls.tiny`: "tiny" hidden 64 x 2 l
 layers, 8 heads, 2 KV heads, intermediate 704, the real Qwen2 vocabulary and tokenizer) with a seeded random
 classification head: speed does not depend on what the head learned. Every arm runs with the same number of
 torch threads (--threads): on a machine shared with other jobs, 2 OpenMP threads on 2 busy cores can run 30x
-slower than 1, so the default is 1. Each arm is timed --repeats times after a warm-up; the median is reported.
+slower than 1, so the default is 1. Each arm runs once per round (--rounds, the order rotating so that changes in
+the machine's load do not fall on one arm), each run times --repeats passes after a warm-up; the median pass is
+reported.
 The agreement column compares each arm's labels with the pipeline's.
 """
 from __future__ import annotations
@@ -193,6 +195,27 @@ def run_arm(arm: str, model_dir: Path, data: Path, args: argparse.Namespace) -> 
     return result
 
 
+def run_rounds(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """Every arm once per round, the order rotating from round to round, so that a change in the machine's load
+    (other jobs come and go) does not fall on one arm; texts/s is the median over all passes of all rounds."""
+    results: dict[str, dict] = {}
+    for round_ in range(args.rounds):
+        for arm in args.arms[round_ % len(args.arms):] + args.arms[:round_ % len(args.arms)]:
+            r = run_arm(arm, model_dir, data, args)
+            if arm not in results:
+                results[arm] = {**r, "loads": [r["load"]]}
+            else:
+                kept = results[arm]
+                kept["seconds"] += r["seconds"]
+                kept["peak_rss_mb"] = max(kept["peak_rss_mb"], r["peak_rss_mb"])
+                kept["loads"].append(r["load"])
+    for r in results.values():
+        r["texts_per_s"] = r["n"] / statistics.median(r["seconds"])
+        loads = [x for pair in r.pop("loads") for x in pair]
+        r["load"] = (min(loads), max(loads))
+    return results
+
+
 def cli_section(args: argparse.Namespace, models: Path) -> None:
     import tempfile
 
@@ -224,7 +247,8 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=list(DATA), choices=list(DATA))
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--threads", type=int, default=1, help="torch threads in every arm (default 1)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2, help="runs of every arm, in rotating order (default 2)")
+    p.add_argument("--repeats", type=int, default=2, help="timed passes in each run, after a warm-up (default 2)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--max_rows", type=int, help="only the first N test rows (default: all)")
@@ -252,7 +276,7 @@ def main() -> None:
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, threads {args.threads}, batch {args.batch_size}, "
-          f"max_length {args.max_length}, repeats {args.repeats} (median)")
+          f"max_length {args.max_length}, {args.rounds} rounds x {args.repeats} passes (median)")
     print(f"# load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     models = Path(args.models_dir)
     rows, everything = [], []
@@ -262,7 +286,7 @@ def main() -> None:
             folder = Path(args.data_dir) / DATA[dataset]
             model_dir = build_classifier(base, models / f"qwen2-{size}-{dataset}", folder, args.max_length)
             data = folder / "test.jsonl"
-            results = {arm: run_arm(arm, model_dir, data, args) for arm in args.arms}
+            results = run_rounds(model_dir, data, args)
             reference = results.get("pipeline")
             for arm, r in results.items():
                 agree = (sum(a == b for a, b in zip(r["labels"], reference["labels"])) / r["n"]
@@ -274,15 +298,15 @@ def main() -> None:
                 everything.append({"dataset": dataset, "size": size, "arm": arm,
                                    **{k: v for k, v in r.items() if k != "labels"}})
                 print(f"  {dataset:10s} {size:5s} {arm:8s} {r['texts_per_s']:8.1f} texts/s  x{ratio:.2f} pipeline  "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB  load {r['load'][0]:.1f}->{r['load'][1]:.1f}",
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB  load {r['load'][0]:.1f}-{r['load'][1]:.1f}",
                       file=sys.stderr, flush=True)
     print()
     print("| data | model | texts | arm | texts/s | vs pipeline | vs naive | peak RSS (MB) | labels = pipeline's "
-          "| load avg (1 min, before -> after) |")
+          "| load avg (1 min, min - max) |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
     for dataset, size, n, arm, tps, ratio, vs_naive, rss, agree, load in rows:
         print(f"| {dataset} | {size} | {n} | {arm} | {tps:.0f} | {ratio:.2f}x | {vs_naive:.2f}x | {rss:.0f} | "
-              f"{agree:.1%} | {load[0]:.1f} -> {load[1]:.1f} |")
+              f"{agree:.1%} | {load[0]:.1f} - {load[1]:.1f} |")
     if args.cli_rows:
         cli_section(args, models)
     print(f"\n# load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
