@@ -700,7 +700,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out = stack.enter_context(atomic_open(args.output)) if args.output else sys.stdout
             skipped = stack.enter_context(atomic_open(skipped_file)) if args.on_error == "skip" else None
             writer = WRITERS[output_format](out, clf.label_space)
-            stack.callback(progress.close)
+            stack.callback(_finish, progress)
             for chunk in _chunks(rows, CHUNK_SIZE):
                 good = []
                 for row in chunk:
@@ -733,6 +733,12 @@ def _chunks(rows: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def _finish(progress) -> None:
+    if getattr(progress, "total", None) is not None:
+        progress.total = progress.n  # the total counted lines: a header or blank lines are not rows
+    progress.close()
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -745,7 +751,7 @@ def _progress_bar(total: int | None, show: bool):
     """tqdm with texts/s on a terminal; nothing when stderr is piped or redirected."""
     if not show:
         return _NoBar()
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, unit=" texts", file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
 
