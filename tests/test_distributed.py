@@ -214,7 +214,7 @@ def test_a_restarted_job_resumes_instead_of_overwriting(tmp_path, monkeypatch):
     from seqcls.train import checkpoint_to_resume
 
     (tmp_path / "checkpoint-4").mkdir()
-    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')  # a complete checkpoint
     args = TrainingArguments(output_dir=str(tmp_path), do_train=True, overwrite_output_dir=True, use_cpu=True,
                              report_to="none")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # torchrun's worker group restart (--max_restarts)
