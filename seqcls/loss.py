@@ -22,10 +22,12 @@ p = softmax(logits), class weight w, focal exponent gamma and smoothing eps:
 
 N counts targets, it does not sum their weights. torch's `cross_entropy(weight=..., reduction="mean")` divides
 by sum_i w[y_i] instead, but that sum is only known per micro-batch, so it would make gradient accumulation
-inexact again. Dividing by N keeps 8 x 1 and 2 x 4 identical, and with `class_weights auto`
+inexact again. Dividing by N keeps 8 x 1 and 2 x 4 identical, and with single-label `class_weights auto`
 (w[c] = N_train / (C * n_c)) the weights of the train rows sum to N_train exactly, so the loss keeps the scale of
 the unweighted loss on average (and the learning rate means what it meant). Explicit weights scale the loss
-by their mean over the train rows: give them around 1, or adjust the learning rate. With gamma = 0, eps = 0 and
+by their mean over the train rows: give them around 1, or adjust the learning rate. Multi-label `pos_weight`
+(auto: negatives / positives) multiplies only the positive terms: it raises the loss and its gradient on
+positives by design, as in torch's BCEWithLogitsLoss. With gamma = 0, eps = 0 and
 no weights every formula is the plain cross-entropy / BCE / MSE. With weights, the eps term is not class
 weighted (torch's `cross_entropy(weight=, label_smoothing=)` weights each smoothing term by w[k]): the row's
 weight is that of its true class, as in the focal-loss paper's alpha.

@@ -89,13 +89,18 @@ def load_tokenizer(model_args, token: str | None = None):
         )
     except (OSError, ValueError) as e:
         raise _load_error("tokenizer", name, e) from None
+    configure_tokenizer(tokenizer, model_args)
+    return tokenizer
+
+
+def configure_tokenizer(tokenizer, model_args) -> None:
+    """Pad token (never the pooling token), padding side and truncation side, as the arguments say."""
     marker = pooling_token(model_args, tokenizer)
     set_pad_token(tokenizer, model_args.pad_token, avoid=marker)
     if model_args.padding_side:
         tokenizer.padding_side = model_args.padding_side
     if getattr(model_args, "truncation_side", None):
         tokenizer.truncation_side = model_args.truncation_side
-    return tokenizer
 
 
 def pooling_token(model_args, tokenizer) -> str | None:

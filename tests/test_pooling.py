@@ -8,7 +8,7 @@ import torch
 from seqcls.data import encode_texts
 from seqcls.errors import UsageError
 from seqcls.labels import SINGLE, LabelSpace
-from seqcls.modeling import load_model, load_tokenizer, pooling_token, pooling_token_id
+from seqcls.modeling import configure_tokenizer, load_model, load_tokenizer, pooling_token, pooling_token_id
 
 TEXTS = ["好", "这家店的菜很好吃，送餐也快，下次还点", "太慢了"]
 
@@ -22,20 +22,31 @@ def model_args(model_dir, **kw):
     return SimpleNamespace(**base)
 
 
-def test_append_eos_switches_qwen_pad_token_to_another_existing_special(tiny_model_dir):
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    """The Qwen2 tokenizer loaded once (5 s a load); `configured` resets what the policy may change."""
+    return load_tokenizer(model_args(tiny_model_dir))
+
+
+def configured(tok, args):
+    tok.pad_token, tok.padding_side, tok.truncation_side = "<|endoftext|>", "right", "right"
+    configure_tokenizer(tok, args)
+    return tok
+
+
+def test_append_eos_switches_qwen_pad_token_to_another_existing_special(tiny_model_dir, tokenizer):
+    assert tokenizer.pad_token == "<|endoftext|>"  # Qwen2's eos is also its pad token
     args = model_args(tiny_model_dir, append_eos=True)
-    tok = load_tokenizer(args)
-    assert pooling_token(args, tok) == "<|endoftext|>"  # Qwen2's eos, which is also its pad token by default
+    tok = load_tokenizer(args)  # the whole loading path once
+    assert pooling_token(args, tok) == "<|endoftext|>"
     assert tok.pad_token == "<|im_end|>" and tok.pad_token_id == 151645  # an existing id: no embedding resize
-    plain = load_tokenizer(model_args(tiny_model_dir))
-    assert plain.pad_token == "<|endoftext|>"
 
 
-def test_marker_survives_truncation_on_both_sides(tiny_model_dir):
+def test_marker_survives_truncation_on_both_sides(tiny_model_dir, tokenizer):
     long_text = "这家店的菜很好吃，送餐也快，下次还点。" * 5
     for side in ("right", "left"):
         args = model_args(tiny_model_dir, append_eos=True, truncation_side=side)
-        tok = load_tokenizer(args)
+        tok = configured(tokenizer, args)
         marker = pooling_token_id(tok, pooling_token(args, tok))
         ids = encode_texts(tok, [long_text, "好"], None, max_length=8, marker_id=marker)["input_ids"]
         assert len(ids[0]) == 8 and ids[0][-1] == marker and ids[1][-1] == marker
@@ -46,9 +57,9 @@ def test_marker_survives_truncation_on_both_sides(tiny_model_dir):
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_head_pools_the_marker_position(tiny_model_dir, side):
+def test_head_pools_the_marker_position(tiny_model_dir, tokenizer, side):
     args = model_args(tiny_model_dir, append_eos=True, padding_side=side)
-    tok = load_tokenizer(args)
+    tok = configured(tokenizer, args)
     marker = pooling_token_id(tok, pooling_token(args, tok))
     model = load_model(args, LabelSpace(SINGLE, ("a", "b", "c")), tok).eval()
     assert model.config.pad_token_id == tok.pad_token_id != marker
@@ -67,10 +78,10 @@ def test_head_pools_the_marker_position(tiny_model_dir, side):
             torch.testing.assert_close(model(**alone).logits[0], out.logits[i], rtol=1e-5, atol=1e-5)
 
 
-def test_pooling_token_mistakes(tiny_model_dir):
+def test_pooling_token_mistakes(tiny_model_dir, tokenizer):
     with pytest.raises(UsageError, match="is not in the tokenizer's vocabulary"):
-        load_tokenizer(model_args(tiny_model_dir, cls_token="<|no such token|>"))
+        configured(tokenizer, model_args(tiny_model_dir, cls_token="<|no such token|>"))
     with pytest.raises(UsageError, match="also the pooling token"):
-        load_tokenizer(model_args(tiny_model_dir, cls_token="<|im_end|>", pad_token="<|im_end|>"))
-    tok = load_tokenizer(model_args(tiny_model_dir, cls_token="<|im_end|>"))
+        configured(tokenizer, model_args(tiny_model_dir, cls_token="<|im_end|>", pad_token="<|im_end|>"))
+    tok = configured(tokenizer, model_args(tiny_model_dir, cls_token="<|im_end|>"))
     assert tok.pad_token == "<|endoftext|>"  # already different from the marker: kept
