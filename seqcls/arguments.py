@@ -154,6 +154,41 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "Start afresh in an output_dir that already holds a finished run or checkpoints."},
     )
+    # --- Throughput (benchmarks/RESULTS.md, "Training speed") ---
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Sampler for training: group_by_length (default here: batches of similar length, little padding; "
+            "evaluation order is kept), random (transformers' default), sequential, or batch_rebalance.",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    sort_eval_by_length: bool = field(
+        default=True,
+        metadata={"help": "Evaluate and predict in batches of rows sorted by length (results stay in input order)."},
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token budget per training batch: rows of similar length are grouped so that rows x longest row "
+            "(with packing: the sum of lengths) stays within it; per_device_train_batch_size is then ignored for "
+            "training. Must be at least max_seq_length."
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Padding-free training: several examples per row, kept apart through position_ids (flash "
+            "attention's variable-length path; a block-diagonal mask under sdpa/eager, rows of max_seq_length)."
+        },
+    )
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "Do not train the input embedding matrix: saves its gradient and optimizer state (27%% of "
+            "Qwen2.5-0.5B's parameters)."
+        },
+    )
 
     def __post_init__(self) -> None:
         # transformers fills in metric_for_best_model="loss" under load_best_model_at_end; remember whether the
@@ -296,6 +331,15 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
             f"label_names {training_args.label_names} is transformers' option for the input keys holding labels; "
             "to set the label order use class_names"
         )
+    if training_args.max_tokens_per_batch is not None:
+        if training_args.max_tokens_per_batch < 1:
+            raise UsageError(f"max_tokens_per_batch must be at least 1, got {training_args.max_tokens_per_batch}")
+        if getattr(training_args.accelerator_config, "split_batches", False):
+            raise UsageError("max_tokens_per_batch makes batches of varying size, which accelerator_config "
+                             "split_batches cannot split; drop one of them")
+    if training_args.packing and data_args.pad_to_max_length:
+        raise UsageError("packing and pad_to_max_length true contradict each other (packing removes padding); "
+                         "set pad_to_max_length false")
     if data_args.do_regression and data_args.problem_type not in (None, "regression"):
         raise UsageError(f"do_regression true contradicts problem_type {data_args.problem_type}")
     out = Path(training_args.output_dir)

@@ -122,3 +122,19 @@ def max_length_for(tokenizer, model, requested: int | None, cap: int = 2048) -> 
         return requested
     candidates = [c for c in (tokenizer.model_max_length, limit, cap) if c and c < 10**9]
     return min(candidates)
+
+
+def freeze_input_embeddings(model) -> int:
+    """Stop training the input embedding matrix (no gradient, no optimizer state); return its parameter count.
+
+    For a decoder LLM fine-tuned as a classifier the vocabulary matrix is most of the memory traffic of a
+    step (27% of Qwen2.5-0.5B's parameters), while the rows a classification set touches move little.
+    """
+    embeddings = model.get_input_embeddings()
+    if embeddings is None:
+        raise UsageError(f"freeze_embeddings: {type(model).__name__} exposes no input embeddings; set it false")
+    count = 0
+    for p in embeddings.parameters():
+        p.requires_grad_(False)
+        count += p.numel()
+    return count

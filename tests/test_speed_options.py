@@ -1,0 +1,81 @@
+"""The throughput options end to end: each changes speed, not results (or only as documented)."""
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import run_cli, train_args
+
+EVAL = ["--eval_strategy", "epoch", "--test_file", "data/example_test.jsonl"]
+
+
+def run(model_dir, out, *extra):
+    proc = run_cli(*train_args(model_dir, out, "--eval_strategy", "epoch", "--logging_steps", "1", *extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {
+        "results": json.loads((out / "all_results.json").read_text()),
+        "args": json.loads((out / "run_args.json").read_text()),
+        "state": json.loads((out / "trainer_state.json").read_text()),
+        "predictions": (out / "predict_results.jsonl").read_text(),
+    }
+
+
+@pytest.fixture(scope="module")
+def default_run(tiny_model_dir, tmp_path_factory):
+    return run(tiny_model_dir, tmp_path_factory.mktemp("default") / "run")
+
+
+@pytest.fixture(scope="module")
+def packed_run(tiny_model_dir, tmp_path_factory):
+    return run(tiny_model_dir, tmp_path_factory.mktemp("packed") / "run", "--packing", "true",
+               "--sort_eval_by_length", "false")
+
+
+def test_group_by_length_is_the_default(default_run):
+    from seqcls.arguments import parse_args
+
+    assert default_run["args"]["train_sampling_strategy"] == "group_by_length"
+    *_, training_args = parse_args(["--model_name_or_path", "m", "--train_file", "t.jsonl", "--output_dir", "o",
+                                    "--train_sampling_strategy", "random"])
+    assert training_args.train_sampling_strategy == "random"  # the user's choice wins
+
+
+def test_packing_and_unsorted_eval_change_nothing(default_run, packed_run):
+    a, b = default_run["results"], packed_run["results"]
+    assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+    losses = [[h["loss"] for h in run["state"]["log_history"] if "loss" in h] for run in (default_run, packed_run)]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-4)
+    for key in ("eval_accuracy", "eval_macro_f1", "test_macro_f1"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=1e-4)
+    evals = [[h["eval_loss"] for h in run["state"]["log_history"] if "eval_loss" in h] for run in (default_run, packed_run)]
+    assert evals[1] == pytest.approx(evals[0], abs=1e-4)  # the eval during training, sorted or not
+
+
+def test_token_budget_trains_with_variable_batches(tiny_model_dir, tmp_path):
+    out = run(tiny_model_dir, tmp_path / "run", "--max_tokens_per_batch", "256")
+    steps = out["state"]["global_step"]
+    assert steps > 0 and out["results"]["train_loss"] == out["results"]["train_loss"]
+    assert steps != out["results"]["train_samples"] // 16  # batches are not per_device_train_batch_size rows
+    assert len(out["predictions"].splitlines()) > 0
+
+
+def test_token_budget_below_the_longest_row_is_one_line(tiny_model_dir, tmp_path, capsys):
+    from seqcls.train import cli
+
+    out = tmp_path / "run"
+    assert cli(train_args(tiny_model_dir, out, "--max_tokens_per_batch", "4")[1:]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: max_tokens_per_batch 4 is smaller than the longest training row (")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_freeze_embeddings_trains_everything_but_the_embedding(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_model_dir, out, "--freeze_embeddings", "true")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    trained = load_file(out / "model.safetensors")
+    assert (trained["model.embed_tokens.weight"] == base["model.embed_tokens.weight"]).all()
+    changed = [k for k in trained if k in base and k != "model.embed_tokens.weight"
+               and not (trained[k] == base[k]).all()]
+    assert len(changed) >= len(base) - 2  # every layer moved (norm weights included)
