@@ -167,12 +167,14 @@ class TrainingArguments(transformers.TrainingArguments):
         default=True,
         metadata={"help": "Evaluate and predict in batches of rows sorted by length (results stay in input order)."},
     )
-    max_tokens_per_batch: int | None = field(
-        default=None,
+    max_tokens_per_batch: str = field(
+        default="auto",
         metadata={
             "help": "Token budget per training batch: rows of similar length are grouped so that rows x longest row "
-            "(with packing: the sum of lengths) stays within it; per_device_train_batch_size is then ignored for "
-            "training. Must be at least max_seq_length."
+            "(with packing: the sum of lengths) stays within it, so short texts make big batches and long texts "
+            "small ones. auto (default, with group_by_length and dynamic padding): per_device_train_batch_size rows "
+            "of the 95th-percentile training length. A number: that many tokens (at least the longest row). off: "
+            "per_device_train_batch_size rows per batch."
         },
     )
     packing: bool = field(
@@ -331,12 +333,14 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
             f"label_names {training_args.label_names} is transformers' option for the input keys holding labels; "
             "to set the label order use class_names"
         )
-    if training_args.max_tokens_per_batch is not None:
-        if training_args.max_tokens_per_batch < 1:
-            raise UsageError(f"max_tokens_per_batch must be at least 1, got {training_args.max_tokens_per_batch}")
+    budget = training_args.max_tokens_per_batch = token_budget_setting(training_args.max_tokens_per_batch)
+    if isinstance(budget, int):
+        if training_args.train_sampling_strategy != "group_by_length":
+            raise UsageError(f"max_tokens_per_batch {budget} groups rows by length; it cannot be combined with "
+                             f"train_sampling_strategy {training_args.train_sampling_strategy}: drop one of them")
         if getattr(training_args.accelerator_config, "split_batches", False):
             raise UsageError("max_tokens_per_batch makes batches of varying size, which accelerator_config "
-                             "split_batches cannot split; drop one of them")
+                             "split_batches cannot split; set max_tokens_per_batch off")
     if training_args.packing and data_args.pad_to_max_length:
         raise UsageError("packing and pad_to_max_length true contradict each other (packing removes padding); "
                          "set pad_to_max_length false")
@@ -345,6 +349,22 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
     out = Path(training_args.output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output_dir {out} is a file; choose a directory path")
+
+
+def token_budget_setting(value: Any) -> str | int:
+    """`max_tokens_per_batch` as "auto", "off" or a positive number of tokens."""
+    text = str(value).strip().lower()
+    if text in ("auto", "off"):
+        return text
+    if text in ("none", "false", "0"):
+        return "off"
+    try:
+        number = int(text)
+    except ValueError:
+        raise UsageError(f"max_tokens_per_batch {value!r}: give auto, off or a number of tokens") from None
+    if number < 1:
+        raise UsageError(f"max_tokens_per_batch must be at least 1 (or off), got {number}")
+    return number
 
 
 def to_loggable_dict(*args_objects) -> dict[str, Any]:

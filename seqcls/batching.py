@@ -56,6 +56,25 @@ def budget_batches(lengths: np.ndarray, max_tokens: int, packed: bool = False,
     return batches
 
 
+def resolve_token_budget(setting: str | int, lengths: np.ndarray, batch_size: int, strategy: str,
+                         pad_to_max_length: bool) -> int | None:
+    """The token budget of training batches, or None for batches of `batch_size` rows.
+
+    auto: `batch_size` rows of the 95th-percentile length (at least the longest row), so that a batch is never
+    bigger than a fixed-size batch of typical long rows, and batches of short rows carry more of them (fewer
+    optimizer steps per epoch, each fuller). Only with length grouping and dynamic padding, where it applies.
+    """
+    if setting == "off" or len(lengths) == 0:
+        return None
+    if setting == "auto":
+        if strategy != "group_by_length" or pad_to_max_length:
+            return None
+        typical = int(np.ceil(np.percentile(lengths, 95)))
+        return max(batch_size * typical, int(lengths.max()))
+    check_token_budget(lengths, int(setting))
+    return int(setting)
+
+
 def check_token_budget(lengths: np.ndarray, max_tokens: int) -> None:
     """A row longer than the budget could only make a batch over it: a user error, said before training starts."""
     longest = int(lengths.max()) if len(lengths) else 0
@@ -106,4 +125,4 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         return self._num_batches
 
 
-__all__ = ["token_lengths", "sorted_by_length", "budget_batches", "check_token_budget", "TokenBudgetBatchSampler"]
+__all__ = ["token_lengths", "sorted_by_length", "budget_batches", "resolve_token_budget", "check_token_budget", "TokenBudgetBatchSampler"]

@@ -17,7 +17,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import hf_token, parse_args, to_loggable_dict
-from .batching import TokenBudgetBatchSampler, check_token_budget, sorted_by_length, token_lengths
+from .batching import TokenBudgetBatchSampler, resolve_token_budget, sorted_by_length, token_lengths
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .errors import UsageError
 from .labels import LabelSpace, build_label_space, label_space_from_config
@@ -87,9 +87,10 @@ class ClassificationTrainer(Trainer):
     `train_data_collator`); evaluation always uses the ordinary padding collator.
     """
 
-    def __init__(self, *args, train_data_collator=None, **kwargs):
+    def __init__(self, *args, train_data_collator=None, max_tokens_per_batch: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_data_collator = train_data_collator
+        self.max_tokens_per_batch = max_tokens_per_batch
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
@@ -108,7 +109,7 @@ class ClassificationTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def get_train_dataloader(self):
-        if self.train_data_collator is None and not self.args.max_tokens_per_batch:
+        if self.train_data_collator is None and not self.max_tokens_per_batch:
             return super().get_train_dataloader()
         # as Trainer._get_dataloader, with our collator and (under a token budget) our batch sampler; accelerate
         # shards the batches across processes and the Trainer calls the sampler's set_epoch each epoch
@@ -128,10 +129,10 @@ class ClassificationTrainer(Trainer):
         }
         if self.args.dataloader_num_workers > 0:
             params["prefetch_factor"] = self.args.dataloader_prefetch_factor
-        if self.args.max_tokens_per_batch:
+        if self.max_tokens_per_batch:
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             params["batch_sampler"] = TokenBudgetBatchSampler(
-                token_lengths(dataset), self.args.max_tokens_per_batch, seed=seed,
+                token_lengths(dataset), self.max_tokens_per_batch, seed=seed,
                 packed=self.train_data_collator is not None,
             )
         else:
@@ -226,8 +227,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tokenized = tokenize(raw, tokenizer, label_space, cols, max_length, data_args.pad_to_max_length,
                              data_args.preprocessing_num_workers, data_args.overwrite_cache)
 
-    if training_args.do_train and training_args.max_tokens_per_batch:
-        check_token_budget(token_lengths(tokenized["train"]), training_args.max_tokens_per_batch)
+    budget = None
+    if training_args.do_train:
+        lengths = token_lengths(tokenized["train"])
+        budget = resolve_token_budget(training_args.max_tokens_per_batch, lengths,
+                                      training_args.per_device_train_batch_size,
+                                      training_args.train_sampling_strategy, data_args.pad_to_max_length)
+        if budget is not None:
+            logger.info("max_tokens_per_batch %s: %d tokens per training batch (per_device_train_batch_size %d, "
+                        "95th-percentile length %d, longest %d)", training_args.max_tokens_per_batch, budget,
+                        training_args.per_device_train_batch_size, int(np.ceil(np.percentile(lengths, 95))),
+                        int(lengths.max()))
 
     # --- Trainer --------------------------------------------------------------------------------------
     if not training_args.metric_for_best_model_given:
@@ -250,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_dataset=tokenized.get("train") if training_args.do_train else None,
         eval_dataset=eval_dataset,
         train_data_collator=train_collator,
+        max_tokens_per_batch=budget,
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=build_compute_metrics(label_space, data_args.metric_name),

@@ -26,29 +26,38 @@ def default_run(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def grouped_run(tiny_model_dir, tmp_path_factory):
+    """Fixed-size length-grouped batches (no token budget): the reference for packing."""
+    return run(tiny_model_dir, tmp_path_factory.mktemp("grouped") / "run", "--max_tokens_per_batch", "off")
+
+
+@pytest.fixture(scope="module")
 def packed_run(tiny_model_dir, tmp_path_factory):
-    return run(tiny_model_dir, tmp_path_factory.mktemp("packed") / "run", "--packing", "true",
-               "--sort_eval_by_length", "false")
+    return run(tiny_model_dir, tmp_path_factory.mktemp("packed") / "run", "--max_tokens_per_batch", "off",
+               "--packing", "true", "--sort_eval_by_length", "false")
 
 
-def test_group_by_length_is_the_default(default_run):
+def test_defaults_group_by_length_under_a_token_budget(default_run):
     from seqcls.arguments import parse_args
 
     assert default_run["args"]["train_sampling_strategy"] == "group_by_length"
+    assert default_run["args"]["max_tokens_per_batch"] == "auto"
+    # auto: 16 rows of the 95th-percentile length per batch, so batches of short rows hold more than 16
+    assert default_run["state"]["global_step"] < -(-default_run["results"]["train_samples"] // 16)
     *_, training_args = parse_args(["--model_name_or_path", "m", "--train_file", "t.jsonl", "--output_dir", "o",
                                     "--train_sampling_strategy", "random"])
     assert training_args.train_sampling_strategy == "random"  # the user's choice wins
 
 
-def test_packing_and_unsorted_eval_change_nothing(default_run, packed_run):
-    a, b = default_run["results"], packed_run["results"]
+def test_packing_and_unsorted_eval_change_nothing(grouped_run, packed_run):
+    a, b = grouped_run["results"], packed_run["results"]
     assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
-    losses = [[h["loss"] for h in run["state"]["log_history"] if "loss" in h] for run in (default_run, packed_run)]
+    losses = [[h["loss"] for h in run["state"]["log_history"] if "loss" in h] for run in (grouped_run, packed_run)]
     assert losses[1] == pytest.approx(losses[0], abs=1e-4)
     for key in ("eval_accuracy", "eval_macro_f1", "test_macro_f1"):
         assert b[key] == pytest.approx(a[key], abs=1e-6), key
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=1e-4)
-    evals = [[h["eval_loss"] for h in run["state"]["log_history"] if "eval_loss" in h] for run in (default_run, packed_run)]
+    evals = [[h["eval_loss"] for h in run["state"]["log_history"] if "eval_loss" in h] for run in (grouped_run, packed_run)]
     assert evals[1] == pytest.approx(evals[0], abs=1e-4)  # the eval during training, sorted or not
 
 
