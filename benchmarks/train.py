@@ -32,6 +32,7 @@ A second part times the tokenization of a 100,000-row JSONL file (waimai_10k row
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -55,29 +56,37 @@ COMMON = [
     "--per_device_train_batch_size", "32",
     "--per_device_eval_batch_size", "64",
     "--num_train_epochs", "1",
-    "--max_train_samples", "3000",
-    "--max_eval_samples", "1000",
     "--do_train", "--do_eval",
     "--save_strategy", "no",
     "--eval_strategy", "no",
     "--logging_strategy", "no",
     "--report_to", "none",
-    "--use_cpu", "true",
     "--disable_tqdm", "true",
     "--dataloader_num_workers", "0",
     "--overwrite_output_dir", "true",
     "--log_level", "warning",
 ]
-OFFICIAL = ["--sort_eval_by_length", "false", "--max_tokens_per_batch", "off"]  # none of our throughput options
+# none of our throughput options: the official script's data path
+OFFICIAL = ["--sort_eval_by_length", "false", "--max_tokens_per_batch", "off", "--packing", "false"]
 ARMS = {
     "official-default": ["--pad_to_max_length", "true", "--train_sampling_strategy", "random", *OFFICIAL],
     "official-best": ["--pad_to_max_length", "false", "--train_sampling_strategy", "group_by_length", *OFFICIAL],
-    "ours": [],
-    "ours+packing": ["--packing", "true"],
+    "ours": [],  # packed random rows under the auto token budget, length-sorted evaluation
+    "ours-budget_off": ["--max_tokens_per_batch", "off"],  # packed random batches of 32 rows
+    "ours-packing_off": ["--packing", "false"],  # padded length-grouped batches under the auto token budget
     "ours+freeze": ["--freeze_embeddings", "true"],
+    "ours+flash": ["--attn_implementation", "flash_attention_2"],  # GPU with flash-attn: variable-length packing
 }
+DEVICE_ARGS = {"cpu": ["--use_cpu", "true"], "cuda": ["--bf16", "true"]}
 MAIN_ARMS = ("official-default", "official-best", "ours")
-LEARNING_RATE = {"tiny": "3e-3", "small": "1e-3"}
+LEARNING_RATE = {"tiny": "3e-3", "small": "1e-3", "qwen2-0.5b": "1e-4"}
+# Qwen2-0.5B / Qwen2.5-0.5B's shape (494M parameters, 136M of them the tied embedding), randomly initialised
+QWEN2_05B = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+             "intermediate_size": 4864, "max_position_embeddings": 32768, "rope_theta": 1000000.0,
+             "tie_word_embeddings": True}
+# dense bf16 tensor-core peaks (TFLOP/s, datasheets; SXM parts unless named)
+BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "A100": 312.0,
+                    "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -104,6 +113,8 @@ def worker(spec: dict) -> None:
         profile_training_steps(recipe, spec["profile_steps"])
     results = recipe.main(spec["argv"])
     out = {**counts, "results": results, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(spec["result_file"]).write_text(json.dumps(out))
 
 
@@ -180,22 +191,63 @@ def worker_env(threads: int, hf_home: Path) -> dict:
     return env
 
 
-def matmul_ceiling(threads: int, seconds: float = 3.0) -> float:
-    """Best fp32 GFLOP/s of torch.mm over square sizes, with `threads` intra-op threads."""
+def matmul_ceiling(threads: int, device: str = "cpu", seconds: float = 3.0) -> float:
+    """Best GFLOP/s of torch.mm over square sizes: fp32 with `threads` intra-op threads on the CPU, bf16 on a GPU."""
     import torch
 
     torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    sizes = (4096, 8192) if device == "cuda" else (512, 1024, 2048)
     best = 0.0
-    for n in (512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         torch.mm(a, b)
-        end = time.perf_counter() + seconds / 3
+        end = time.perf_counter() + seconds / len(sizes)
         while time.perf_counter() < end:
+            if device == "cuda":
+                torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(3):
                 torch.mm(a, b)
+            if device == "cuda":
+                torch.cuda.synchronize()
             best = max(best, 3 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def datasheet_peak_gflops() -> float | None:
+    """The GPU's dense bf16 peak from BF16_PEAK_TFLOPS, matched on its name (None when unknown)."""
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    for key, tflops in BF16_PEAK_TFLOPS.items():  # longer names first where they share a prefix (H100 PCIe, H100)
+        if key in name:
+            return tflops * 1e3
+    return None
+
+
+def build_model(name: str) -> Path:
+    """The benchmark's model: the embedded tiny/small Qwen2, or a random Qwen2-0.5B-shaped one (built once)."""
+    from seqcls import tiny
+
+    if name in tiny.SIZES:
+        return tiny.build(ROOT / "models" / f"bench-{name}", size=name, seed=0)
+    out = ROOT / "models" / f"bench-{name}"
+    if (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=tiny.VOCAB_SIZE, bos_token_id=tiny.SPECIAL_TOKENS[tiny.ENDOFTEXT],
+                         eos_token_id=tiny.SPECIAL_TOKENS[tiny.ENDOFTEXT], **QWEN2_05B)
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tiny.build_tokenizer().save_pretrained(tmp)
+    tmp.rename(out)
+    return out
 
 
 def model_shape(model_dir: Path) -> dict:
@@ -226,19 +278,22 @@ def token_stats(model_dir: Path, dataset: str, rows: int, max_length: int = 128)
             "mean_length": sum(lengths) / len(lengths), "over_max": sum(n >= max_length for n in lengths)}
 
 
-def arm_argv(model_dir: Path, dataset: str, arm: str, out: Path, model: str, seed: int = 0) -> list[str]:
+def arm_argv(model_dir: Path, dataset: str, arm: str, out: Path, model: str, seed: int = 0,
+             device: str = "cpu", train_rows: int = 3000, eval_rows: int = 1000) -> list[str]:
     return [
+        "--max_train_samples", str(train_rows),
+        "--max_eval_samples", str(eval_rows),
         "--seed", str(seed),
         "--model_name_or_path", str(model_dir),
         "--train_file", str(DATA / dataset / "train.jsonl"),
         "--validation_file", str(DATA / dataset / "validation.jsonl"),
         "--output_dir", str(out),
         "--learning_rate", LEARNING_RATE[model],
-        *COMMON, *ARMS[arm],
+        *COMMON, *DEVICE_ARGS[device], *ARMS[arm],
     ]
 
 
-def summarize(record: dict, shape: dict, stats: dict, ceiling: float) -> dict:
+def summarize(record: dict, shape: dict, stats: dict, ceiling: float, peak: float | None = None) -> dict:
     r = record["results"]
     runtime = r["train_runtime"]
     epochs = 1
@@ -252,10 +307,13 @@ def summarize(record: dict, shape: dict, stats: dict, ceiling: float) -> dict:
         "peak_rss_mb": record["peak_rss_mb"],
         "accuracy": accuracy,
         "macro_f1": r["eval_macro_f1"],
+        "eval_loss": r["eval_loss"],
         "micro_f1": r.get("eval_micro_f1"),
         "train_runtime": runtime,
         "micro_batches": record["micro_batches"],
         "mfu": flops / runtime / (ceiling * 1e9),
+        "mfu_vs_datasheet": None if peak is None else flops / runtime / (peak * 1e9),
+        "peak_gpu_mb": record.get("peak_gpu_mb"),
         "gflops": flops / runtime / 1e9,
     }
 
@@ -275,17 +333,16 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    gpu = f", GPU {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def benchmark_training(args, work: Path, log: Path) -> dict:
-    from seqcls import tiny
-
     env = worker_env(args.threads, work / "hf_home")
-    models = {m: tiny.build(ROOT / "models" / f"bench-{m}", size=m, seed=0) for m in args.models}
+    models = {m: build_model(m) for m in args.models}
     shapes = {m: model_shape(models[m]) for m in args.models}
-    stats = {d: token_stats(models[args.models[0]], d, 3000) for d in args.datasets}
-    ceilings = [matmul_ceiling(args.threads)]
+    stats = {d: token_stats(models[args.models[0]], d, args.train_rows) for d in args.datasets}
+    ceilings = [matmul_ceiling(args.threads, args.device)]
     runs: dict[str, list[dict]] = {}
     for n, seed in enumerate(args.seeds):
         for m in args.models:
@@ -295,24 +352,26 @@ def benchmark_training(args, work: Path, log: Path) -> dict:
                 for arm in arms[shift:] + arms[:shift]:
                     key = f"{m}|{d}|{arm}"
                     print(f"[{time.strftime('%H:%M:%S')}] load {load_average()}  seed {seed}: {key}", flush=True)
-                    spec = {"argv": arm_argv(models[m], d, arm, work / "out" / key.replace("|", "-"), m, seed),
-                            "threads": args.threads}
+                    spec = {"argv": arm_argv(models[m], d, arm, work / "out" / key.replace("|", "-"), m, seed,
+                                             args.device, args.train_rows, args.eval_rows), "threads": args.threads}
                     runs.setdefault(key, []).append(run_worker("worker", spec, env, log))
-    ceilings.append(matmul_ceiling(args.threads))
+    ceilings.append(matmul_ceiling(args.threads, args.device))
     ceiling = max(ceilings)
+    peak = datasheet_peak_gflops() if args.device == "cuda" else None
     table = {}
     for key, records in runs.items():
         m, d, _ = key.split("|")
-        rows = [summarize(r, shapes[m], stats[d], ceiling) for r in records]
+        rows = [summarize(r, shapes[m], stats[d], ceiling, peak) for r in records]
         # speed: the median over seeds (each seed is also a repeat); quality: the mean over seeds
         merged = {k: statistics.median([row[k] for row in rows]) for k in rows[0] if rows[0][k] is not None}
-        for k in ("accuracy", "macro_f1", "micro_f1"):
+        for k in ("accuracy", "macro_f1", "micro_f1", "eval_loss"):
             if rows[0][k] is not None:
                 merged[k] = statistics.mean(row[k] for row in rows)
                 merged[f"{k}_all"] = [round(row[k], 4) for row in rows]
         merged["samples_per_s_all"] = [round(row["samples_per_s"], 2) for row in rows]
         table[key] = merged
-    return {"ceiling_gflops": ceilings, "shapes": shapes, "token_stats": stats, "arms": table}
+    return {"ceiling_gflops": ceilings, "datasheet_peak_gflops": peak, "shapes": shapes, "token_stats": stats,
+            "arms": table}
 
 
 def benchmark_tokenization(args, work: Path, log: Path) -> dict:
@@ -358,8 +417,14 @@ def markdown(report: dict) -> str:
         for d, s in tr["token_stats"].items():
             lines.append(f"- {d}: {s['rows']} train rows, mean {s['mean_length']:.1f} real tokens, "
                          f"{s['over_max']} at or over 128")
-        lines += ["", "| model | data | arm | samples/s | real tok/s | pad | peak RSS MB | acc | macro-F1 "
-                  "| vs (b) | vs (c) | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        gpu = tr.get("datasheet_peak_gflops") is not None or any(a.get("peak_gpu_mb") for a in tr["arms"].values())
+        if tr.get("datasheet_peak_gflops"):
+            lines.append(f"datasheet dense bf16 peak: {tr['datasheet_peak_gflops'] / 1e3:.0f} TFLOP/s")
+        memory = "peak GPU MB" if gpu else "peak RSS MB"
+        extra = " | MFU vs datasheet" if gpu else ""
+        lines += ["", f"| model | data | arm | samples/s | real tok/s | pad | {memory} | acc | macro-F1 | eval loss "
+                  f"| vs (b) | vs (c) | MFU{extra} |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+                  + ("---|" if gpu else "")]
         for key, a in tr["arms"].items():
             m, d, arm = key.split("|")
             b = tr["arms"].get(f"{m}|{d}|official-default")
@@ -370,8 +435,12 @@ def markdown(report: dict) -> str:
                      "ours": "(a) ours"}.get(arm, arm)
             lines.append(
                 f"| {m} | {d} | {label} | {a['samples_per_s']:.1f} | {a['real_tokens_per_s']:.0f} "
-                f"| {a['pad_fraction']:.0%} | {a['peak_rss_mb']:.0f} | {spread(a, 'accuracy')} | {spread(a, 'macro_f1')} "
-                f"| {vs_b} | {vs_c} | {a['mfu']:.1%} |")
+                f"| {a['pad_fraction']:.0%} | {a['peak_gpu_mb' if gpu else 'peak_rss_mb'] or 0:.0f} "
+                f"| {spread(a, 'accuracy')} | {spread(a, 'macro_f1')} "
+                f"| {spread(a, 'eval_loss')} "
+                f"| {vs_b} | {vs_c} | {a['mfu']:.1%} |"
+                + (f" {a['mfu_vs_datasheet']:.1%} |" if gpu and a.get("mfu_vs_datasheet") is not None else
+                   (" - |" if gpu else "")))
     if "tokenization" in report:
         lines += ["", "| 100,000-row JSONL | load s | tokenize s | whole process s |", "|---|---|---|---|"]
         for key, r in report["tokenization"].items():
@@ -385,28 +454,35 @@ def main() -> None:
         (worker if sys.argv[1] == "--worker" else tokenize_worker)(spec)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "qwen2-0.5b"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: bf16 training (--bf16 true), MFU against the card's bf16 peak")
     parser.add_argument("--datasets", nargs="+", default=["waimai_10k", "goemotions"])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=[a for a in ARMS if a != "ours+flash"], choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                         help="one run of every arm per seed: speed is the median, accuracy the mean")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per arm (default 1)")
+    parser.add_argument("--train-rows", type=int, default=3000, help="first N train rows of each data set")
+    parser.add_argument("--eval-rows", type=int, default=1000, help="first N validation rows")
     parser.add_argument("--no-tokenization", action="store_true", help="skip the 100,000-row tokenization timing")
     parser.add_argument("--tokenization-only", action="store_true")
     parser.add_argument("--profile", metavar="MODEL|DATASET|ARM", help="profile 4 training steps of one arm and exit")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
+    if "ours+flash" in args.arms and (args.device != "cuda" or importlib.util.find_spec("flash_attn") is None):
+        print("arm ours+flash left out: it needs a CUDA GPU and the flash-attn package", flush=True)
+        args.arms = [a for a in args.arms if a != "ours+flash"]
 
     work = Path(tempfile.mkdtemp(prefix="seqcls-bench-train-"))
     log = work / "arms.log"
     print(f"machine: {machine()}\nload at start: {load_average()}\nwork dir and arm logs: {work}", flush=True)
     try:
         if args.profile:
-            from seqcls import tiny
-
             m, d, arm = args.profile.split("|")
-            model_dir = tiny.build(ROOT / "models" / f"bench-{m}", size=m, seed=0)
-            spec = {"argv": arm_argv(model_dir, d, arm, work / "out", m, args.seeds[0]), "threads": args.threads,
+            model_dir = build_model(m)
+            spec = {"argv": arm_argv(model_dir, d, arm, work / "out", m, args.seeds[0], args.device, args.train_rows,
+                                     args.eval_rows),
+                    "threads": args.threads,
                     "profile_steps": 4}
             run_worker("worker", spec, worker_env(args.threads, work / "hf_home"), log)
             print(log.read_text(encoding="utf-8")[-12000:])

@@ -156,11 +156,12 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     # --- Throughput (benchmarks/RESULTS.md, "Training speed") ---
     train_sampling_strategy: str = field(
-        default="group_by_length",
+        default="auto",
         metadata={
-            "help": "Sampler for training: group_by_length (default here: batches of similar length, little padding; "
-            "evaluation order is kept), random (transformers' default), sequential, or batch_rebalance.",
-            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+            "help": "Order of training rows: auto (default: random when packing or padding to max_seq_length, else "
+            "group_by_length), group_by_length (batches of similar length, little padding; evaluation order is "
+            "kept), random (transformers' default), sequential, or batch_rebalance.",
+            "choices": ["auto", "random", "sequential", "group_by_length", "batch_rebalance"],
         },
     )
     sort_eval_by_length: bool = field(
@@ -177,11 +178,13 @@ class TrainingArguments(transformers.TrainingArguments):
             "per_device_train_batch_size rows per batch."
         },
     )
-    packing: bool = field(
-        default=False,
+    packing: str = field(
+        default="auto",
         metadata={
             "help": "Padding-free training: several examples per row, kept apart through position_ids (flash "
-            "attention's variable-length path; a block-diagonal mask under sdpa/eager, rows of max_seq_length)."
+            "attention's variable-length kernel; a block-diagonal mask under sdpa/eager), the head read at each "
+            "example's last token. auto (default): on when the model gives the same logits packed as alone "
+            "(checked at start-up on a few rows); true: the same check, an error if it fails; false: off."
         },
     )
     freeze_embeddings: bool = field(
@@ -335,13 +338,11 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
         )
     budget = training_args.max_tokens_per_batch = token_budget_setting(training_args.max_tokens_per_batch)
     if isinstance(budget, int):
-        if training_args.train_sampling_strategy != "group_by_length":
-            raise UsageError(f"max_tokens_per_batch {budget} groups rows by length; it cannot be combined with "
-                             f"train_sampling_strategy {training_args.train_sampling_strategy}: drop one of them")
         if getattr(training_args.accelerator_config, "split_batches", False):
             raise UsageError("max_tokens_per_batch makes batches of varying size, which accelerator_config "
                              "split_batches cannot split; set max_tokens_per_batch off")
-    if training_args.packing and data_args.pad_to_max_length:
+    packing = training_args.packing = switch_setting("packing", training_args.packing)
+    if packing is True and data_args.pad_to_max_length:
         raise UsageError("packing and pad_to_max_length true contradict each other (packing removes padding); "
                          "set pad_to_max_length false")
     if data_args.do_regression and data_args.problem_type not in (None, "regression"):
@@ -349,6 +350,18 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
     out = Path(training_args.output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output_dir {out} is a file; choose a directory path")
+
+
+def switch_setting(name: str, value: Any) -> str | bool:
+    """An on/off/auto option as "auto", True or False (YAML gives booleans, the command line strings)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise UsageError(f"{name} {value!r}: give auto, true or false")
 
 
 def token_budget_setting(value: Any) -> str | int:

@@ -117,19 +117,59 @@ class PackedForward:
         return SequenceClassifierOutputWithPast(logits=logits)
 
 
-def check_packing(model, attn_implementation: str | None) -> None:
-    """Refuse models and kernels with which packing would silently compute something else."""
-    score_head(model)
-    if attn_implementation not in (None, "sdpa", "eager") and "flash" not in str(attn_implementation):
-        raise UsageError(f"packing works with attn_implementation sdpa, eager or flash_attention_2/3, not "
-                         f"{attn_implementation!r}")
+def packing_mismatch(model, rows: list[list[int]], row_length: int | None) -> float | None:
+    """Largest difference between packed logits and each row's own logits (no padding), or None if the model has
+    no `score` head or fails on the packed batch. A few short rows: cheap even for a large model."""
+    try:
+        score_head(model)
+    except UsageError:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            alone = torch.cat([model(input_ids=torch.tensor([ids], device=device)).logits for ids in rows])
+            batch = PackingCollator(getattr(model.config, "pad_token_id", None) or 0, row_length)(
+                [{"input_ids": ids} for ids in rows])
+            last = batch.pop(LAST_TOKEN_KEY)
+            packed = PackedForward(model, last)(**{k: v.to(device) for k, v in batch.items()}).logits
+    except Exception:  # any model or kernel that cannot run packed rows: packing is simply not for it
+        return None
+    finally:
+        model.train(was_training)
+    return float((packed.float() - alone.float()).abs().max() / max(1.0, float(alone.float().abs().max())))
 
 
-def packed_row_length(attn_implementation: str | None, max_length: int) -> int | None:
-    """Flash attention runs packed examples in one row without quadratic cost; sdpa/eager get rows of
-    max_seq_length tokens (their cost grows with the square of the row)."""
-    return None if "flash" in str(attn_implementation) else max_length
+def resolve_packing(setting: str | bool, model, attn_implementation: str | None, sample_rows: list[list[int]],
+                    row_length: int | None) -> bool:
+    """Whether to pack training batches. auto: when this model computes the same logits packed as alone (checked on
+    a few training rows at start-up), so packing changes the speed and nothing else. true: the same check, failing
+    with a UsageError."""
+    if setting in (False, "false"):
+        return False
+    supported = attn_implementation in (None, "sdpa", "eager") or "flash" in str(attn_implementation)
+    mismatch = packing_mismatch(model, sample_rows, row_length) if supported and sample_rows else None
+    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
+    ok = mismatch is not None and mismatch <= tolerance
+    if setting == "auto":
+        return ok
+    if not ok:
+        if not supported:
+            why = f"attn_implementation {attn_implementation!r} cannot keep packed examples apart"
+        elif mismatch is None:
+            why = "it has no `score` head, or failed on packed rows"
+        else:
+            why = f"its packed logits differ from its unpacked ones by {mismatch:.2g}"
+        raise UsageError(f"packing true: {type(model).__name__} cannot be trained packed ({why}); set packing false")
+    return True
 
 
-__all__ = ["LAST_TOKEN_KEY", "pack_rows", "PackingCollator", "PackedForward", "score_head", "check_packing",
-           "packed_row_length"]
+def packed_row_length(attn_implementation: str | None, longest: int) -> int | None:
+    """Flash attention runs packed examples in one row without quadratic cost; sdpa/eager get rows as long as the
+    longest training row (their cost grows with the square of the row)."""
+    return None if "flash" in str(attn_implementation) else longest
+
+
+__all__ = ["LAST_TOKEN_KEY", "pack_rows", "PackingCollator", "PackedForward", "score_head", "packing_mismatch",
+           "resolve_packing", "packed_row_length"]

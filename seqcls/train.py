@@ -17,7 +17,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import hf_token, parse_args, to_loggable_dict
-from .batching import TokenBudgetBatchSampler, resolve_token_budget, sorted_by_length, token_lengths
+from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .errors import UsageError
 from .labels import LabelSpace, build_label_space, label_space_from_config
@@ -25,7 +25,7 @@ from .loss import ClassificationLoss
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics
 from .modeling import freeze_input_embeddings, load_model, load_tokenizer, max_length_for, resolve_dtype
 from .outputs import classification_report, decode, write_json, write_jsonl
-from .packing import LAST_TOKEN_KEY, PackedForward, PackingCollator, check_packing, packed_row_length
+from .packing import LAST_TOKEN_KEY, PackedForward
 
 logger = logging.getLogger("seqcls")
 
@@ -134,6 +134,7 @@ class ClassificationTrainer(Trainer):
             params["batch_sampler"] = TokenBudgetBatchSampler(
                 token_lengths(dataset), self.max_tokens_per_batch, seed=seed,
                 packed=self.train_data_collator is not None,
+                grouped=self.args.train_sampling_strategy == "group_by_length",
             )
         else:
             params.update(batch_size=self._train_batch_size, sampler=self._get_train_sampler(dataset),
@@ -227,18 +228,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tokenized = tokenize(raw, tokenizer, label_space, cols, max_length, data_args.pad_to_max_length,
                              data_args.preprocessing_num_workers, data_args.overwrite_cache)
 
-    budget = None
-    if training_args.do_train:
-        lengths = token_lengths(tokenized["train"])
-        budget = resolve_token_budget(training_args.max_tokens_per_batch, lengths,
-                                      training_args.per_device_train_batch_size,
-                                      training_args.train_sampling_strategy, data_args.pad_to_max_length)
-        if budget is not None:
-            logger.info("max_tokens_per_batch %s: %d tokens per training batch (per_device_train_batch_size %d, "
-                        "95th-percentile length %d, longest %d)", training_args.max_tokens_per_batch, budget,
-                        training_args.per_device_train_batch_size, int(np.ceil(np.percentile(lengths, 95))),
-                        int(lengths.max()))
-
     # --- Trainer --------------------------------------------------------------------------------------
     if not training_args.metric_for_best_model_given:
         name, greater = BEST_METRIC[label_space.problem_type]
@@ -246,11 +235,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         training_args.greater_is_better = greater
     mixed = training_args.bf16 or training_args.fp16
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if mixed else None)
-    train_collator = None
-    if training_args.packing:
-        check_packing(model, model_args.attn_implementation)
-        train_collator = PackingCollator(tokenizer.pad_token_id,
-                                         packed_row_length(model_args.attn_implementation, max_length))
     eval_dataset = tokenized.get("validation")
     if eval_dataset is not None and training_args.sort_eval_by_length:
         eval_dataset = sorted_by_length(eval_dataset)[0]  # metrics do not depend on the order; padding does
@@ -259,13 +243,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args=training_args,
         train_dataset=tokenized.get("train") if training_args.do_train else None,
         eval_dataset=eval_dataset,
-        train_data_collator=train_collator,
-        max_tokens_per_batch=budget,
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=build_compute_metrics(label_space, data_args.metric_name),
         compute_loss_func=ClassificationLoss(label_space.problem_type),
     )
+    if training_args.do_train:  # decided once the Trainer has put the model on its device (packing is checked there)
+        trainer.train_data_collator, trainer.max_tokens_per_batch = plan_training_batches(
+            trainer.model, tokenizer, tokenized["train"], model_args, data_args, training_args)
     out = Path(training_args.output_dir)
     results: dict[str, Any] = {}
 

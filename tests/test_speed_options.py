@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli, train_args
 
-EVAL = ["--eval_strategy", "epoch", "--test_file", "data/example_test.jsonl"]
+RANDOM_ROWS = ["--max_tokens_per_batch", "off", "--train_sampling_strategy", "random"]
 
 
 def run(model_dir, out, *extra):
@@ -17,6 +17,7 @@ def run(model_dir, out, *extra):
         "args": json.loads((out / "run_args.json").read_text()),
         "state": json.loads((out / "trainer_state.json").read_text()),
         "predictions": (out / "predict_results.jsonl").read_text(),
+        "log": proc.stdout,
     }
 
 
@@ -26,47 +27,41 @@ def default_run(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def grouped_run(tiny_model_dir, tmp_path_factory):
-    """Fixed-size length-grouped batches (no token budget): the reference for packing."""
-    return run(tiny_model_dir, tmp_path_factory.mktemp("grouped") / "run", "--max_tokens_per_batch", "off")
+def padded_run(tiny_model_dir, tmp_path_factory):
+    """Random batches of 16 rows, padded: the reference for packing."""
+    return run(tiny_model_dir, tmp_path_factory.mktemp("padded") / "run", "--packing", "false", *RANDOM_ROWS)
 
 
 @pytest.fixture(scope="module")
 def packed_run(tiny_model_dir, tmp_path_factory):
-    return run(tiny_model_dir, tmp_path_factory.mktemp("packed") / "run", "--max_tokens_per_batch", "off",
-               "--packing", "true", "--sort_eval_by_length", "false")
+    return run(tiny_model_dir, tmp_path_factory.mktemp("packed") / "run", "--packing", "true", *RANDOM_ROWS,
+               "--sort_eval_by_length", "false")
 
 
-def test_defaults_group_by_length_under_a_token_budget(default_run):
+def test_defaults_pack_random_rows_under_a_token_budget(default_run):
     from seqcls.arguments import parse_args
 
-    assert default_run["args"]["train_sampling_strategy"] == "group_by_length"
-    assert default_run["args"]["max_tokens_per_batch"] == "auto"
+    args = default_run["args"]
+    assert args["packing"] is True and args["train_sampling_strategy"] == "random"
+    assert isinstance(args["max_tokens_per_batch"], int)
     # auto: 16 rows of the 95th-percentile length per batch, so batches of short rows hold more than 16
     assert default_run["state"]["global_step"] < -(-default_run["results"]["train_samples"] // 16)
     *_, training_args = parse_args(["--model_name_or_path", "m", "--train_file", "t.jsonl", "--output_dir", "o",
-                                    "--train_sampling_strategy", "random"])
-    assert training_args.train_sampling_strategy == "random"  # the user's choice wins
+                                    "--train_sampling_strategy", "sequential"])
+    assert training_args.train_sampling_strategy == "sequential"  # the user's choice wins
 
 
-def test_packing_and_unsorted_eval_change_nothing(grouped_run, packed_run):
-    a, b = grouped_run["results"], packed_run["results"]
+def test_packing_and_unsorted_eval_change_nothing(padded_run, packed_run):
+    a, b = padded_run["results"], packed_run["results"]
+    assert padded_run["args"]["packing"] is False and packed_run["args"]["packing"] is True
     assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
-    losses = [[h["loss"] for h in run["state"]["log_history"] if "loss" in h] for run in (grouped_run, packed_run)]
+    losses = [[h["loss"] for h in run["state"]["log_history"] if "loss" in h] for run in (padded_run, packed_run)]
     assert losses[1] == pytest.approx(losses[0], abs=1e-4)
     for key in ("eval_accuracy", "eval_macro_f1", "test_macro_f1"):
         assert b[key] == pytest.approx(a[key], abs=1e-6), key
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=1e-4)
-    evals = [[h["eval_loss"] for h in run["state"]["log_history"] if "eval_loss" in h] for run in (grouped_run, packed_run)]
+    evals = [[h["eval_loss"] for h in run["state"]["log_history"] if "eval_loss" in h] for run in (padded_run, packed_run)]
     assert evals[1] == pytest.approx(evals[0], abs=1e-4)  # the eval during training, sorted or not
-
-
-def test_token_budget_trains_with_variable_batches(tiny_model_dir, tmp_path):
-    out = run(tiny_model_dir, tmp_path / "run", "--max_tokens_per_batch", "256")
-    steps = out["state"]["global_step"]
-    assert steps > 0 and out["results"]["train_loss"] == out["results"]["train_loss"]
-    assert steps != out["results"]["train_samples"] // 16  # batches are not per_device_train_batch_size rows
-    assert len(out["predictions"].splitlines()) > 0
 
 
 def test_token_budget_below_the_longest_row_is_one_line(tiny_model_dir, tmp_path, capsys):
@@ -76,12 +71,12 @@ def test_token_budget_below_the_longest_row_is_one_line(tiny_model_dir, tmp_path
     assert cli(train_args(tiny_model_dir, out, "--max_tokens_per_batch", "4")[1:]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: max_tokens_per_batch 4 is smaller than the longest training row (")
-    assert not out.exists() or not any(out.iterdir())
 
 
-def test_freeze_embeddings_trains_everything_but_the_embedding(tiny_model_dir, tmp_path):
+def test_freeze_embeddings_under_padded_length_grouped_budget(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    run(tiny_model_dir, out, "--freeze_embeddings", "true")
+    result = run(tiny_model_dir, out, "--freeze_embeddings", "true", "--packing", "false")
+    assert result["args"]["train_sampling_strategy"] == "group_by_length"
     base = load_file(tiny_model_dir / "model.safetensors")
     trained = load_file(out / "model.safetensors")
     assert (trained["model.embed_tokens.weight"] == base["model.embed_tokens.weight"]).all()
