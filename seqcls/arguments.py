@@ -169,13 +169,13 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "Evaluate and predict in batches of rows sorted by length (results stay in input order)."},
     )
     max_tokens_per_batch: str = field(
-        default="auto",
+        default="off",
         metadata={
-            "help": "Token budget per training batch: rows of similar length are grouped so that rows x longest row "
-            "(with packing: the sum of lengths) stays within it, so short texts make big batches and long texts "
-            "small ones. auto (default, with group_by_length and dynamic padding): per_device_train_batch_size rows "
-            "of the 95th-percentile training length. A number: that many tokens (at least the longest row). off: "
-            "per_device_train_batch_size rows per batch."
+            "help": "Token budget per training batch instead of per_device_train_batch_size rows: packed batches of "
+            "random rows hold about this many tokens; padded length-grouped batches keep rows x longest row within "
+            "it. Short texts then make big batches (fewer, fuller steps: faster, but not the same optimisation) and "
+            "long texts small ones (bounded memory). A number of tokens, auto (per_device_train_batch_size rows of "
+            "the 95th-percentile training length), or off (default)."
         },
     )
     packing: str = field(
