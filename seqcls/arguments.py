@@ -169,13 +169,13 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "Evaluate and predict in batches of rows sorted by length (results stay in input order)."},
     )
     max_tokens_per_batch: str = field(
-        default="off",
+        default="auto",
         metadata={
             "help": "Token budget per training batch instead of per_device_train_batch_size rows: packed batches of "
             "random rows hold about this many tokens; padded length-grouped batches keep rows x longest row within "
             "it. Short texts then make big batches (fewer, fuller steps: faster, but not the same optimisation) and "
-            "long texts small ones (bounded memory). A number of tokens, auto (per_device_train_batch_size rows of "
-            "the 95th-percentile training length), or off (default)."
+            "long texts small ones (bounded memory). auto (default): per_device_train_batch_size rows of the "
+            "95th-percentile training length; a number of tokens; or off: per_device_train_batch_size rows."
         },
     )
     packing: str = field(

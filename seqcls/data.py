@@ -365,7 +365,11 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    digest = hashlib.sha256(backend.to_str().encode("utf-8"))
+    serialized = backend.to_str()
+    # from "added_tokens" on: the leading "truncation" and "padding" record the last call's settings, not what
+    # the tokenizer is (parsing the 7 MB JSON to drop them would cost seconds)
+    start = serialized.find('"added_tokens":')
+    digest = hashlib.sha256(serialized[max(start, 0):].encode("utf-8"))
     settings = {
         "class": type(tokenizer).__name__,
         "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli, train_args
 
-RANDOM_ROWS = ["--train_sampling_strategy", "random"]
+FIXED_ROWS = ["--max_tokens_per_batch", "off"]
 
 
 def run(model_dir, out, *extra):
@@ -24,21 +24,25 @@ def run(model_dir, out, *extra):
 @pytest.fixture(scope="module")
 def padded_run(tiny_model_dir, tmp_path_factory):
     """Random batches of 16 rows, padded: the reference for packing (and the official script's default order)."""
-    return run(tiny_model_dir, tmp_path_factory.mktemp("padded") / "run", "--packing", "false", *RANDOM_ROWS)
+    return run(tiny_model_dir, tmp_path_factory.mktemp("padded") / "run", "--packing", "false",
+               "--train_sampling_strategy", "random", *FIXED_ROWS)
 
 
 @pytest.fixture(scope="module")
 def packed_run(tiny_model_dir, tmp_path_factory):
-    """Our defaults (packing auto, random order, length-sorted evaluation), with unsorted evaluation."""
-    return run(tiny_model_dir, tmp_path_factory.mktemp("packed") / "run", "--sort_eval_by_length", "false")
+    """Our defaults (packing auto, random order) with batches of 16 rows and unsorted evaluation."""
+    return run(tiny_model_dir, tmp_path_factory.mktemp("packed") / "run", *FIXED_ROWS, "--sort_eval_by_length", "false")
 
 
-def test_defaults_pack_random_rows(packed_run):
+def test_defaults_pack_random_rows_under_a_token_budget(tiny_model_dir, tmp_path):
     from seqcls.arguments import parse_args
 
-    args = packed_run["args"]
+    result = run(tiny_model_dir, tmp_path / "run")
+    args = result["args"]
     assert args["packing"] is True and args["train_sampling_strategy"] == "random"
-    assert args["max_tokens_per_batch"] == "off"
+    assert isinstance(args["max_tokens_per_batch"], int)
+    # auto: 16 rows of the 95th-percentile length per batch, so batches of short rows hold more than 16
+    assert result["state"]["global_step"] < -(-result["results"]["train_samples"] // 16)
     *_, training_args = parse_args(["--model_name_or_path", "m", "--train_file", "t.jsonl", "--output_dir", "o",
                                     "--train_sampling_strategy", "sequential"])
     assert training_args.train_sampling_strategy == "sequential"  # the user's choice wins
@@ -66,17 +70,9 @@ def test_token_budget_below_the_longest_row_is_one_line(tiny_model_dir, tmp_path
     assert last.startswith("error: max_tokens_per_batch 4 is smaller than the longest training row (")
 
 
-def test_packed_random_budget_makes_fewer_fuller_batches(tiny_model_dir, tmp_path):
-    result = run(tiny_model_dir, tmp_path / "run", "--max_tokens_per_batch", "auto")
-    assert result["args"]["packing"] is True and isinstance(result["args"]["max_tokens_per_batch"], int)
-    # auto: 16 rows of the 95th-percentile length per batch, so batches of short rows hold more than 16
-    assert result["state"]["global_step"] < -(-result["results"]["train_samples"] // 16)
-
-
 def test_freeze_embeddings_under_padded_length_grouped_budget(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    result = run(tiny_model_dir, out, "--freeze_embeddings", "true", "--packing", "false",
-                 "--max_tokens_per_batch", "auto")
+    result = run(tiny_model_dir, out, "--freeze_embeddings", "true", "--packing", "false")
     assert result["args"]["train_sampling_strategy"] == "group_by_length"
     assert isinstance(result["args"]["max_tokens_per_batch"], int)
     base = load_file(tiny_model_dir / "model.safetensors")
