@@ -30,4 +30,4 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 
 exec "$PYTHON" benchmarks/train.py --device cuda --models qwen2-0.5b \
     --datasets waimai_10k goemotions --train-rows 9000 --eval-rows 1000 \
     --arms official-default official-best ours ours-budget_off ours-packing_off ours+flash \
-    --seeds 0 --no-tokenization --json "${JSON_OUT:-benchmarks/gpu_results.json}" "$@"
+    --seeds 0 --parts training evaluation --json "${JSON_OUT:-benchmarks/gpu_results.json}" "$@"

@@ -2,7 +2,7 @@
 
     python benchmarks/train.py                      # everything (tiny and small model, waimai_10k and goemotions)
     python benchmarks/train.py --models small --datasets waimai_10k --seeds 0
-    python benchmarks/train.py --tokenization-only
+    python benchmarks/train.py --parts evaluation tokenization
     python benchmarks/train.py --profile "small|waimai_10k|ours"     # torch.profiler over 4 training steps
 
 Arms, each trained in its own subprocess (peak RSS is per arm) with the same seed, epochs, learning rate and
@@ -333,6 +333,7 @@ def summarize(record: dict, shape: dict, stats: dict, ceiling: float, peak: floa
     return {
         "samples_per_s": r["train_samples"] * epochs / runtime,
         "wall_samples_per_s": r["train_samples"] * epochs / wall,
+        "eval_samples_per_s": r.get("eval_samples_per_second"),
         "real_tokens_per_s": real / runtime,
         "pad_fraction": 1 - real / record["executed_tokens"],
         "peak_rss_mb": record["peak_rss_mb"],
@@ -414,6 +415,45 @@ def benchmark_training(args, work: Path, log: Path) -> dict:
             "time_basis": basis, "arms": table}
 
 
+def eval_worker(spec: dict) -> None:
+    """Evaluate a model on validation rows in their own order and sorted by length, alternating; CPU seconds on a
+    CPU, wall-clock seconds on a GPU (predictions end on the host, so the GPU's work is done)."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from seqcls import train as recipe
+
+    times: dict[str, list[float]] = {"in input order": [], "sorted by length": []}
+    clock = time.perf_counter if torch.cuda.is_available() else time.process_time
+    original_main_predict = recipe.predict_in_order
+
+    def timed(trainer, ds, prefix, sort=True):
+        for _ in range(spec["repeats"]):
+            for label, flag in (("in input order", False), ("sorted by length", True)):
+                start = clock()
+                result = original_main_predict(trainer, ds, prefix, sort=flag)
+                times[label].append(clock() - start)
+        return result
+
+    recipe.predict_in_order = timed
+    recipe.main(spec["argv"])
+    rows = spec["rows"]
+    Path(spec["result_file"]).write_text(json.dumps(
+        {label: {"rows_per_s": rows / min(values), "seconds": values} for label, values in times.items()}))
+
+
+def benchmark_eval(args, work: Path, log: Path) -> dict:
+    """Evaluation in input order (the official script without group_by_length) against length-sorted batches."""
+    model = args.models[-1]
+    model_dir = build_model(model)
+    # 64 train rows: the head needs a label space; an all but untrained model reads the rows just as fast
+    argv = arm_argv(model_dir, "waimai_10k", "ours", work / "out" / "eval", model, 0, args.device, 64,
+                    args.eval_rows)
+    spec = {"argv": argv, "threads": args.threads, "repeats": 2, "rows": args.eval_rows}
+    print(f"[{time.strftime('%H:%M:%S')}] load {load_average()}  evaluation order, {model}", flush=True)
+    return {"model": model, **run_worker("eval-worker", spec, worker_env(args.threads, work / "hf_home"), log)}
+
+
 def benchmark_tokenization(args, work: Path, log: Path) -> dict:
     from seqcls import tiny
 
@@ -484,6 +524,12 @@ def markdown(report: dict) -> str:
                 + (f" {a['mfu_vs_datasheet']:.1%} |" if gpu and a.get("mfu_vs_datasheet") is not None else
                    (" - |" if gpu else ""))
                 + f" {a['wall_samples_per_s']:.1f} |")
+    if "evaluation" in report:
+        ev = report["evaluation"]
+        lines += ["", f"| evaluation, {ev['model']} model, waimai_10k validation (dynamic padding) | rows/s "
+                  f"({'CPU seconds' if report.get('device', 'cpu') == 'cpu' else 'wall clock'}) |", "|---|---|"]
+        for label in ("in input order", "sorted by length"):
+            lines.append(f"| {label} | {ev[label]['rows_per_s']:.0f} |")
     if "tokenization" in report:
         lines += ["", "| 100,000-row JSONL, preprocessing_num_workers | imports s | load s | label space s "
                   "| tokenizer s | tokenize s | whole process s |", "|---|---|---|---|---|---|---|"]
@@ -494,9 +540,9 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] in ("--worker", "--tokenize-worker"):
-        spec = json.loads(sys.argv[2])
-        (worker if sys.argv[1] == "--worker" else tokenize_worker)(spec)
+    workers = {"--worker": worker, "--tokenize-worker": tokenize_worker, "--eval-worker": eval_worker}
+    if len(sys.argv) == 3 and sys.argv[1] in workers:
+        workers[sys.argv[1]](json.loads(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "qwen2-0.5b"])
@@ -509,8 +555,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per arm (default 1)")
     parser.add_argument("--train-rows", type=int, default=3000, help="first N train rows of each data set")
     parser.add_argument("--eval-rows", type=int, default=1000, help="first N validation rows")
-    parser.add_argument("--no-tokenization", action="store_true", help="skip the 100,000-row tokenization timing")
-    parser.add_argument("--tokenization-only", action="store_true")
+    parser.add_argument("--parts", nargs="+", default=["training", "evaluation", "tokenization"],
+                        choices=["training", "evaluation", "tokenization"],
+                        help="training: the arms; evaluation: input order vs length-sorted; tokenization: 100,000 rows")
     parser.add_argument("--profile", metavar="MODEL|DATASET|ARM", help="profile 4 training steps of one arm and exit")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
@@ -532,11 +579,14 @@ def main() -> None:
             run_worker("worker", spec, worker_env(args.threads, work / "hf_home"), log)
             print(log.read_text(encoding="utf-8")[-12000:])
             return
-        report: dict = {"machine": machine(), "threads": args.threads, "load_start": load_average(),
+        report: dict = {"machine": machine(), "device": args.device, "threads": args.threads,
+                        "load_start": load_average(),
                         "command": " ".join(["python", "benchmarks/train.py", *sys.argv[1:]])}
-        if not args.tokenization_only:
+        if "training" in args.parts:
             report["training"] = benchmark_training(args, work, log)
-        if args.tokenization_only or not args.no_tokenization:
+        if "evaluation" in args.parts:
+            report["evaluation"] = benchmark_eval(args, work, log)
+        if "tokenization" in args.parts:
             report["tokenization"] = benchmark_tokenization(args, work, log)
         report["load_end"] = load_average()
         if args.json:
