@@ -407,6 +407,38 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
     return out
 
 
+def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Columns, max_length: int,
+                             pad_to_max_length: bool) -> str | None:
+    """What decides the tokenized rows, hashed cheaply: the fast tokenizer's serialized form and settings, the
+    label space, columns, truncation and this code. Left to itself, `Dataset.map` hashes the tokenizer object
+    with dill, about 9 s for Qwen's 151,936-token vocabulary, for every split on every run, cache hit or not.
+    None (datasets' own hashing) for a tokenizer without a serialized fast backend."""
+    import dataclasses
+    import hashlib
+    import inspect
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    serialized = backend.to_str()
+    # from "added_tokens" on: the leading "truncation" and "padding" record the last call's settings, not what
+    # the tokenizer is (parsing the 7 MB JSON to drop them would cost seconds)
+    start = serialized.find('"added_tokens":')
+    digest = hashlib.sha256(serialized[max(start, 0):].encode("utf-8"))
+    settings = {
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "sides": [tokenizer.padding_side, tokenizer.truncation_side],
+        "labels": None if label_space is None else label_space.to_dict(),
+        "columns": dataclasses.asdict(cols),
+        "max_length": max_length,
+        "pad_to_max_length": pad_to_max_length,
+        "code": [inspect.getsource(f) for f in (join_texts, encode_texts, tokenize)],
+    }
+    digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()
+
+
 def tokenize(raw, tokenizer, label_space: LabelSpace | None, cols: Columns, max_length: int,
              pad_to_max_length: bool = False, num_proc: int | None = None, overwrite_cache: bool = False,
              sources: dict | None = None, marker_id: int | None = None):
@@ -420,8 +452,12 @@ def tokenize(raw, tokenizer, label_space: LabelSpace | None, cols: Columns, max_
             out["labels"] = [label_space.encode(v, f"row {i + 1}") for v, i in zip(batch[cols.label], indices)]
         return out
 
+    import hashlib
+
+    base = tokenization_fingerprint(tokenizer, label_space, cols, max_length, pad_to_max_length)
     result = {}
     for split, ds in raw.items():
+        fingerprint = None if base is None else hashlib.sha256(f"{ds._fingerprint} {base}".encode()).hexdigest()[:32]
         result[split] = ds.map(
             encode,
             batched=True,
@@ -430,6 +466,7 @@ def tokenize(raw, tokenizer, label_space: LabelSpace | None, cols: Columns, max_
             remove_columns=ds.column_names,
             load_from_cache_file=not overwrite_cache,
             desc=f"Tokenizing {split}",
+            new_fingerprint=fingerprint,
         )
     import datasets
 

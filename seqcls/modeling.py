@@ -475,3 +475,19 @@ def load_trained_model(path: str | Path, dtype: torch.dtype | None = torch.float
         raise UsageError(f"{path}: its base model {base!r} could not be loaded ({first}); give the base model's "
                          "path with --base_model_name_or_path") from None
     return PeftModel.from_pretrained(model, str(path))
+
+
+def freeze_input_embeddings(model) -> int:
+    """Stop training the input embedding matrix (no gradient, no optimizer state); return its parameter count.
+
+    For a decoder LLM fine-tuned as a classifier the vocabulary matrix is most of the memory traffic of a
+    step (27% of Qwen2.5-0.5B's parameters), while the rows a classification set touches move little.
+    """
+    embeddings = model.get_input_embeddings()
+    if embeddings is None:
+        raise UsageError(f"freeze_embeddings: {type(model).__name__} exposes no input embeddings; set it false")
+    count = 0
+    for p in embeddings.parameters():
+        p.requires_grad_(False)
+        count += p.numel()
+    return count

@@ -17,6 +17,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import hf_token, parse_args, to_loggable_dict
+from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
 from .checkpoints import (GracefulStop, Interrupted, check_resumable, latest_complete_checkpoint,
                           set_aside_incomplete)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
@@ -24,10 +25,12 @@ from .errors import UsageError
 from .labels import MULTI, LabelSpace, build_label_space, label_space_from_config
 from .loss import ClassificationLoss, resolve_class_weights
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics, sigmoid
-from .modeling import (apply_lora, check_head_unquantized, check_model_source, checkpointing_on, check_vocab_ids,
-                       is_adapter_dir, load_model, load_tokenizer, max_length_for, model_config_path, pooling_token,
-                       pooling_token_id, prepare_precision, quantization_config, resolve_dtype, save_adapter_config)
+from .modeling import (apply_lora, check_head_unquantized, check_model_source, check_vocab_ids, checkpointing_on,
+                       freeze_input_embeddings, is_adapter_dir, load_model, load_tokenizer, max_length_for,
+                       model_config_path, pooling_token, pooling_token_id, prepare_precision, quantization_config,
+                       resolve_dtype, save_adapter_config)
 from .outputs import classification_report, decode, write_json, write_jsonl
+from .packing import LAST_TOKEN_KEY, PackedForward
 from .report import write_report
 from .thresholds import load_thresholds, tune_thresholds
 
@@ -103,29 +106,81 @@ def restart_count() -> int:
 
 
 class ClassificationTrainer(Trainer):
-    """Trainer whose evaluation and prediction keep the dataset's order.
+    """Trainer whose evaluation and prediction keep the dataset's order, with our training batch options.
 
     transformers 5.x evaluates with a random LengthGroupedSampler when `train_sampling_strategy group_by_length`
     is on, so predictions come back shuffled (the official script then scores a 0.82 model as 0.50). We sort eval
     and test rows by length ourselves (the same speed-up) and need them back in exactly that order.
+    Training batches may instead come from a token budget (`max_tokens_per_batch`) and be packed (`packing`,
+    `train_data_collator`); evaluation always uses the ordinary padding collator.
     """
+
+    def __init__(self, *args, train_data_collator=None, max_tokens_per_batch: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_data_collator = train_data_collator
+        self.max_tokens_per_batch = max_tokens_per_batch
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
             return None  # accelerate shards the rows in order; gather_for_metrics drops the padding duplicates
         return torch.utils.data.SequentialSampler(eval_dataset)
 
+    def _get_train_sampler(self, train_dataset=None):
+        import datasets
+        from transformers.trainer_pt_utils import LengthGroupedSampler
 
-def sorted_by_length(ds) -> tuple[Any, np.ndarray]:
-    """The dataset sorted longest first (the biggest batch comes first: an OOM shows at once), and the order."""
-    lengths = np.fromiter((len(x) for x in ds["input_ids"]), dtype=np.int64, count=len(ds))
-    order = np.argsort(-lengths, kind="stable")
-    return ds.select(order), order
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(ds, datasets.Dataset):
+            # the same sampler as transformers', with lengths read from Arrow instead of row by row in Python
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=token_lengths(ds).tolist())
+        return super()._get_train_sampler(train_dataset)
+
+    def get_train_dataloader(self):
+        if self.train_data_collator is None and not self.max_tokens_per_batch:
+            return super().get_train_dataloader()
+        # as Trainer._get_dataloader, with our collator and (under a token budget) our batch sampler; accelerate
+        # shards the batches across processes and the Trainer calls the sampler's set_epoch each epoch
+        from functools import partial
+
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        dataset = self._remove_unused_columns(self.train_dataset, description="training")
+        params: dict[str, Any] = {
+            "collate_fn": self.train_data_collator or self.data_collator,
+            "num_workers": self.args.dataloader_num_workers,
+            "pin_memory": self.args.dataloader_pin_memory,
+            "persistent_workers": self.args.dataloader_persistent_workers,
+            "worker_init_fn": partial(seed_worker, num_workers=self.args.dataloader_num_workers,
+                                      rank=self.args.process_index),
+        }
+        if self.args.dataloader_num_workers > 0:
+            params["prefetch_factor"] = self.args.dataloader_prefetch_factor
+        if self.max_tokens_per_batch:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            params["batch_sampler"] = TokenBudgetBatchSampler(
+                token_lengths(dataset), self.max_tokens_per_batch, seed=seed,
+                packed=self.train_data_collator is not None,
+                grouped=self.args.train_sampling_strategy == "group_by_length",
+            )
+        else:
+            params.update(batch_size=self._train_batch_size, sampler=self._get_train_sampler(dataset),
+                          drop_last=self.args.dataloader_drop_last)
+        return self.accelerator.prepare(DataLoader(dataset, **params))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if LAST_TOKEN_KEY in inputs:  # a packed batch: one logit row per example, gathered at its last token
+            inputs = dict(inputs)
+            model = PackedForward(model, inputs.pop(LAST_TOKEN_KEY))
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
 
-def predict_in_order(trainer, ds, prefix: str):
-    """trainer.predict over length-sorted rows, with logits and labels returned in the dataset's order."""
-    sorted_ds, order = sorted_by_length(ds)
+def predict_in_order(trainer, ds, prefix: str, sort: bool = True):
+    """trainer.predict over length-sorted rows (`sort`; else in the given order), with logits and labels returned
+    in the dataset's order."""
+    sorted_ds, order = sorted_by_length(ds) if sort else (ds, np.arange(len(ds)))
     output = trainer.predict(sorted_ds, metric_key_prefix=prefix)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     inverse = np.empty_like(order)
@@ -212,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_head_unquantized(model, dtype)
     prepare_precision(model, training_args.fp16, dtype)
     max_length = max_length_for(tokenizer, model, data_args.max_seq_length)
+    if training_args.freeze_embeddings:
+        frozen = freeze_input_embeddings(model)
+        logger.info("freeze_embeddings: %.1fM input embedding parameters are not trained", frozen / 1e6)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model %s: %.1fM parameters, dtype %s, attention %s, max length %d, padding side %s, truncation "
                 "side %s, pooling token %r", model.config.model_type, n_params / 1e6, dtype,
@@ -245,17 +303,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mixed = training_args.bf16 or training_args.fp16
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if mixed else None)
     stopper = GracefulStop()  # SIGINT/SIGTERM: save a checkpoint at the end of the step, then stop
+    eval_dataset = tokenized.get("validation")
+    if eval_dataset is not None and training_args.sort_eval_by_length:
+        eval_dataset = sorted_by_length(eval_dataset)[0]  # metrics do not depend on the order; padding does
     trainer = ClassificationTrainer(
         model=model,
         args=training_args,
         train_dataset=tokenized.get("train") if training_args.do_train else None,
-        eval_dataset=tokenized.get("validation"),
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=build_compute_metrics(label_space, data_args.metric_name, thresholds=lambda: thresholds),
         compute_loss_func=loss,
         callbacks=[stopper],
     )
+    if training_args.do_train:  # decided once the Trainer has put the model on its device (packing is checked there)
+        trainer.train_data_collator, trainer.max_tokens_per_batch = plan_training_batches(
+            trainer.model, tokenizer, tokenized["train"], model_args, data_args, training_args)
     out = Path(training_args.output_dir)
     results: dict[str, Any] = {}
 
@@ -287,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # --- Evaluate -------------------------------------------------------------------------------------
     if training_args.do_eval:
-        logits, labels, metrics = predict_in_order(trainer, tokenized["validation"], "eval")
+        logits, labels, metrics = predict_in_order(trainer, tokenized["validation"], "eval",
+                                                   sort=training_args.sort_eval_by_length)
         metrics["eval_samples"] = len(tokenized["validation"])
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
@@ -298,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --- Predict --------------------------------------------------------------------------------------
     if training_args.do_predict:
         test = tokenized["test"]
-        logits, labels, metrics = predict_in_order(trainer, test, "test")
+        logits, labels, metrics = predict_in_order(trainer, test, "test", sort=training_args.sort_eval_by_length)
         if labels is not None and cols.label in raw["test"].column_names:
             metrics.update({f"test_{k}": v for k, v in
                             classification_metrics(label_space, logits, labels, thresholds).items()})
