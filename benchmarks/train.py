@@ -13,11 +13,12 @@ per-device batch size (32 rows, max_seq_length 128, 1 epoch, first 3000 train / 
   (c) official-best     the official script at its best flags: dynamic padding, `train_sampling_strategy
                         group_by_length`
   (a) ours              our defaults: packing auto (on: these models give the same logits packed), random
-                        order, max_tokens_per_batch auto (32 x the 95th-percentile length per batch),
-                        length-sorted evaluation
-  ours-budget_off       max_tokens_per_batch off: packed random batches of 32 rows, what (b) computes unpadded
-  ours-packing_off      packing false: padded length-grouped batches under the budget (what a model that
-                        cannot be packed gets)
+                        batches of 32 rows as (b) (the same optimisation, without the padding), length-sorted
+                        evaluation
+  ours+budget           max_tokens_per_batch auto: packed random batches of 32 x the 95th-percentile length in
+                        tokens (more rows per step when texts are short: fewer, fuller steps)
+  ours-packing_off      packing false: padded length-grouped batches of 32 rows (what a model that cannot be
+                        packed gets)
   ours+freeze           freeze_embeddings true
   ours+flash            attn_implementation flash_attention_2 (GPU with flash-attn only)
 
@@ -80,8 +81,8 @@ OFFICIAL = ["--sort_eval_by_length", "false", "--max_tokens_per_batch", "off", "
 ARMS = {
     "official-default": ["--pad_to_max_length", "true", "--train_sampling_strategy", "random", *OFFICIAL],
     "official-best": ["--pad_to_max_length", "false", "--train_sampling_strategy", "group_by_length", *OFFICIAL],
-    "ours": [],  # packed random rows, 32 x the 95th-percentile length per batch, length-sorted evaluation
-    "ours-budget_off": ["--max_tokens_per_batch", "off"],  # packed random batches of 32 rows: what (b) computes
+    "ours": [],  # packed random batches of 32 rows (what (b) computes, unpadded), length-sorted evaluation
+    "ours+budget": ["--max_tokens_per_batch", "auto"],  # packed random batches of 32 x the 95th-percentile length
     "ours-packing_off": ["--packing", "false"],  # padded length-grouped batches (models that cannot be packed)
     "ours+freeze": ["--freeze_embeddings", "true"],
     "ours+flash": ["--attn_implementation", "flash_attention_2"],  # GPU with flash-attn: variable-length packing
