@@ -22,8 +22,8 @@ from .errors import UsageError
 from .labels import MULTI, LabelSpace, build_label_space, label_space_from_config
 from .loss import ClassificationLoss, resolve_class_weights
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics, sigmoid
-from .modeling import (apply_lora, check_head_unquantized, checkpointing_on, check_vocab_ids, is_adapter_dir, load_model,
-                       load_tokenizer, max_length_for, model_config_path, pooling_token, pooling_token_id,
+from .modeling import (apply_lora, check_head_unquantized, check_vocab_ids, checkpointing_on, is_adapter_dir,
+                       load_model, load_tokenizer, max_length_for, model_config_path, pooling_token, pooling_token_id,
                        prepare_precision, quantization_config, resolve_dtype, save_adapter_config)
 from .outputs import classification_report, decode, write_json, write_jsonl
 from .thresholds import load_thresholds, tune_thresholds
