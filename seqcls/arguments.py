@@ -224,7 +224,7 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     focal_gamma: float = field(
         default=0.0,
-        metadata={"help": "Focal loss exponent: each term is scaled by (1 - p_true)^gamma (0 = plain loss; 2 is usual)."},
+        metadata={"help": "Focal loss exponent: each term is scaled by (1 - p_true)^gamma (0: plain; 2 is usual)."},
     )
     tune_thresholds: bool = field(
         default=False,
@@ -473,8 +473,8 @@ def validate_finetuning(model_args: ModelArguments, data_args: DataTrainingArgum
     if model_args.load_in_4bit and training_args.fp16:
         raise UsageError("load_in_4bit computes in bf16; remove fp16 (use bf16 true)")
     if model_args.load_in_4bit and model_args.torch_dtype not in ("auto", "bfloat16"):
-        raise UsageError(f"load_in_4bit keeps the unquantized weights in bfloat16; torch_dtype {model_args.torch_dtype} "
-                         "is not supported with it: use auto")
+        raise UsageError(f"load_in_4bit keeps the unquantized weights in bfloat16; torch_dtype "
+                         f"{model_args.torch_dtype} is not supported with it: use auto")
     if model_args.use_lora:
         if model_args.lora_r < 1:
             raise UsageError(f"lora_r must be at least 1, got {model_args.lora_r}")

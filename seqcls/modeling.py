@@ -249,7 +249,8 @@ def max_length_for(tokenizer, model, requested: int | None, cap: int = 2048) -> 
 def check_vocab_ids(model, tokenizer, marker: str | None) -> None:
     """The pad and pooling tokens must have embedding rows: they are never added, only chosen among existing ones."""
     rows = model.get_input_embeddings().num_embeddings
-    for what, token_id in (("pad token", tokenizer.pad_token_id), ("pooling token", pooling_token_id(tokenizer, marker))):
+    ids = (("pad token", tokenizer.pad_token_id), ("pooling token", pooling_token_id(tokenizer, marker)))
+    for what, token_id in ids:
         if token_id is not None and not 0 <= token_id < rows:
             raise UsageError(f"the {what} id {token_id} is outside the model's {rows} embedding rows; choose another "
                              "existing token")
