@@ -413,6 +413,10 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
                              "of 1 or more")
     if training_args.learning_rate < 0:
         raise UsageError(f"learning_rate must not be negative, got {training_args.learning_rate}")
+    if training_args.hub_token:
+        # the Trainer pickles its arguments into every checkpoint's training_args.bin, hub_token included
+        raise UsageError("hub_token would be saved in every checkpoint's training_args.bin; give the token in the "
+                         "HF_TOKEN environment variable (or `hf auth login`) instead")
     if data_args.max_seq_length is not None and data_args.max_seq_length < 1:
         raise UsageError(f"max_seq_length must be at least 1, got {data_args.max_seq_length}")
     if data_args.validation_split_percentage is not None and not 0 < data_args.validation_split_percentage < 100:

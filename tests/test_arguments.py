@@ -74,3 +74,9 @@ def test_token_is_redacted_from_loggable_args():
     args = parse_args(BASE + ["--token", "hf_secret123"])
     flat = to_loggable_dict(*args)
     assert "hf_secret123" not in repr(flat)
+
+
+def test_hub_token_is_refused_because_checkpoints_pickle_it():
+    """The Trainer saves its arguments, hub_token included, into every training_args.bin: refuse it up front."""
+    with pytest.raises(UsageError, match="HF_TOKEN environment variable"):
+        parse_args(BASE + ["--hub_token", "hf_secret123"])
