@@ -55,7 +55,10 @@ class PackingCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids = [list(f["input_ids"]) for f in features]
         lengths = [len(x) for x in ids]
-        rows = pack_rows(lengths, self.row_length)
+        # rows as long as this batch's longest example (at most row_length): under sdpa/eager the attention cost
+        # grows with the square of the row, so a batch of short texts gets short rows (measured: 7% padding
+        # instead of 10% and +4% samples/s on the small model, waimai_10k)
+        rows = pack_rows(lengths, None if self.row_length is None else min(self.row_length, max(lengths)))
         width = max(sum(lengths[i] for i in row) for row in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)

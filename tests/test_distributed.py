@@ -270,7 +270,8 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
     # wrongly across processes (a factor of 2) shows in the weights; Adam's normalisation and clipping would hide it.
     train_args = ["--train_file", str(train), "--do_train", "--num_train_epochs", "1", "--optim", "sgd",
                   "--learning_rate", "0.02", "--lr_scheduler_type", "constant", "--max_grad_norm", "0",
-                  "--weight_decay", "0"]
+                  "--weight_decay", "0",
+                  "--max_tokens_per_batch", "off"]  # fixed rows per device: 2 x 4 holds the rows of 1 x 8
     # A fresh HF_HOME: an empty datasets cache (so the log shows who tokenized) and no user default_config.yaml
     env = {"HF_HOME": str(tmp / "hf"), "OMP_NUM_THREADS": "1"}
     ddp_out, single_out, eval_out = tmp / "ddp", tmp / "single", tmp / "eval"

