@@ -11,8 +11,8 @@
 # Needs: the project installed (bash scripts/setup.sh, or pip install -e .) with a CUDA build of torch, and the
 # shared data folder (waimai_10k/, goemotions/ with train.jsonl and validation.jsonl); by default ../shared/data
 # beside the checkout. flash-attn, when installed, is used by the packing arm (its variable-length kernel);
-# without it packing runs under sdpa with a block-diagonal mask (the ours arm). About 8 minutes on an H100, most of
-# it loading the model and tokenizing in each arm's own process.
+# without it packing runs under sdpa with a block-diagonal mask (the ours arm). Not yet run on a GPU (none was lent
+# when it was written): time it with a short --train-rows first, most of each arm is loading and tokenizing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
