@@ -17,8 +17,8 @@ per-device batch size (32 rows, max_seq_length 128, 1 epoch, first 3000 train / 
                         evaluation
   ours+budget           max_tokens_per_batch auto: packed random batches of 32 x the 95th-percentile length in
                         tokens (more rows per step when texts are short: fewer, fuller steps)
-  ours-packing_off      packing false: padded length-grouped batches of 32 rows (what a model that cannot be
-                        packed gets)
+  ours-packing_off      packing false, train_sampling_strategy group_by_length: padded length-grouped batches of
+                        32 rows (the fastest padded setting, for a model that cannot be packed)
   ours+freeze           freeze_embeddings true
   ours+flash            attn_implementation flash_attention_2 (GPU with flash-attn only)
 
@@ -83,7 +83,8 @@ ARMS = {
     "official-best": ["--pad_to_max_length", "false", "--train_sampling_strategy", "group_by_length", *OFFICIAL],
     "ours": [],  # packed random batches of 32 rows (what (b) computes, unpadded), length-sorted evaluation
     "ours+budget": ["--max_tokens_per_batch", "auto"],  # packed random batches of 32 x the 95th-percentile length
-    "ours-packing_off": ["--packing", "false"],  # padded length-grouped batches (models that cannot be packed)
+    # padded length-grouped batches: the fastest padded setting, for models that cannot be packed
+    "ours-packing_off": ["--packing", "false", "--train_sampling_strategy", "group_by_length"],
     "ours+freeze": ["--freeze_embeddings", "true"],
     "ours+flash": ["--attn_implementation", "flash_attention_2"],  # GPU with flash-attn: variable-length packing
 }

@@ -157,9 +157,9 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
 def plan_training_batches(model, tokenizer, train_ds, model_args, data_args, training_args):
     """Decide how training batches are made: packed or padded, in which order, under which token budget.
 
-    Resolves `packing` auto (checked on this model), `train_sampling_strategy` auto (random when packing or
-    padding to max_seq_length, else group_by_length) and `max_tokens_per_batch` auto. Returns the training
-    collator (None: the padding collator) and the token budget (None: per_device_train_batch_size rows).
+    Resolves `packing` auto (checked on this model) and `max_tokens_per_batch` auto. Returns the training collator
+    (None: the padding collator) and the token budget (None: per_device_train_batch_size rows). Neither default
+    changes what is computed: packing or not, the batches hold the same rows in the same random order.
     """
     import logging
 
@@ -172,9 +172,6 @@ def plan_training_batches(model, tokenizer, train_ds, model_args, data_args, tra
         samples = [list(ids[:32]) for ids in train_ds[:3]["input_ids"]]
         packing = resolve_packing(training_args.packing, model, model_args.attn_implementation, samples, row_length)
     collator = PackingCollator(tokenizer.pad_token_id, row_length) if packing else None
-    if training_args.train_sampling_strategy == "auto":
-        random_order = packing or data_args.pad_to_max_length
-        training_args.train_sampling_strategy = "random" if random_order else "group_by_length"
     budget = resolve_token_budget(training_args.max_tokens_per_batch, lengths,
                                   training_args.per_device_train_batch_size, training_args.train_sampling_strategy,
                                   packing, data_args.pad_to_max_length)

@@ -75,7 +75,7 @@ def test_token_budget_below_the_longest_row_is_one_line(tiny_model_dir, tmp_path
 def test_freeze_embeddings_under_padded_length_grouped_budget(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     result = run(tiny_model_dir, out, "--freeze_embeddings", "true", "--packing", "false",
-                 "--max_tokens_per_batch", "auto")
+                 "--train_sampling_strategy", "group_by_length", "--max_tokens_per_batch", "auto")
     assert result["args"]["train_sampling_strategy"] == "group_by_length"
     assert isinstance(result["args"]["max_tokens_per_batch"], int)
     base = load_file(tiny_model_dir / "model.safetensors")
