@@ -84,12 +84,12 @@ class PackingCollator:
 
 
 def score_head(model) -> torch.nn.Module:
-    """The sequence-classification head (`score`) inside a possibly wrapped (DDP, PEFT) model."""
-    inner = getattr(model, "module", model)  # DDP / DeepSpeed engine
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    head = getattr(inner, "score", None)
-    if not isinstance(head, torch.nn.Module):
+    """The decoder's sequence-classification head (`score`) inside a possibly wrapped (DDP, PEFT) model."""
+    from .modeling import head_module
+
+    inner = getattr(model, "module", model)  # DDP / DeepSpeed engine; head_module unwraps PEFT
+    name, head = head_module(inner)
+    if name != "score":
         raise UsageError(
             f"packing needs a decoder model with a `score` head (Qwen2, Qwen3, Llama, ...); {type(inner).__name__} "
             "has none. Set packing false"
