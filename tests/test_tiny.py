@@ -131,6 +131,12 @@ def test_parameter_count(tiny_dir: Path) -> None:
     assert json.loads((tiny_dir / tiny.MARKER_NAME).read_text())["num_parameters"] == count
 
 
+def test_head_size_servable_by_vllm() -> None:
+    # vLLM's CPU attention refuses head sizes under 32 ("Unsupported CPU attention configuration: head_dim=16")
+    for size, shape in tiny.SIZES.items():
+        assert shape["hidden_size"] // shape["num_attention_heads"] >= 32, size
+
+
 def test_small_shape() -> None:
     # Shape only, on the meta device: building "small" writes ~180 MB and is not needed to check its shape.
     import torch
