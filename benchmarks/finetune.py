@@ -94,17 +94,19 @@ def score(out: Path) -> dict:
     import numpy as np
     from sklearn.metrics import f1_score
 
-    saved = json.loads((out / "seqcls.json").read_text())
-    names = saved["label_space"]["names"]
+    from seqcls.model_dir import read_settings
+
+    saved = read_settings(out)
+    names = list(saved.label_space.names)
     rows = [json.loads(line) for line in (out / "predict_results.jsonl").read_text().splitlines()]
     test_file = json.loads((out / "run_args.json").read_text())["test_file"]
     truth_labels = [json.loads(line)["label"] for line in Path(test_file).read_text().splitlines() if line.strip()]
     truth_labels = truth_labels[:len(rows)]  # max_predict_samples keeps the first rows
-    if saved["label_space"]["problem_type"] == "multi_label_classification":
+    if saved.label_space.problem_type == "multi_label_classification":
         probs = np.array([[r["probabilities"][n] for n in names] for r in rows])
         truth = np.array([[n in t for n in names] for t in truth_labels], dtype=int)
         out_scores = {}
-        for tag, thresholds in (("05", np.full(len(names), 0.5)), ("tuned", np.array(saved["thresholds"]))):
+        for tag, thresholds in (("05", np.full(len(names), 0.5)), ("tuned", np.array(saved.thresholds))):
             preds = (probs >= thresholds).astype(int)
             out_scores[f"macro_f1_{tag}"] = float(f1_score(truth, preds, average="macro", zero_division=0))
             out_scores[f"micro_f1_{tag}"] = float(f1_score(truth, preds, average="micro", zero_division=0))

@@ -175,10 +175,10 @@ def build_classifier(base: Path, out: Path, dataset: Path, max_length: int) -> P
         problem_type=problem_type, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    settings = {"label_space": {"problem_type": problem_type, "names": names}, "text_column_names": ["text"],
-                "text_column_delimiter": " ", "text_pair_column_name": None, "max_seq_length": max_length,
-                "thresholds": None}
-    (out / "seqcls.json").write_text(json.dumps(settings, ensure_ascii=False), encoding="utf-8")
+    from seqcls.labels import LabelSpace
+    from seqcls.model_dir import ModelSettings, write_settings
+
+    write_settings(out, ModelSettings(label_space=LabelSpace(problem_type, tuple(names)), max_seq_length=max_length))
     return out
 
 

@@ -377,34 +377,23 @@ def join_texts(batch: dict[str, list], columns: Sequence[str], delimiter: str) -
     return [delimiter.join(t if t is not None else "" for t in parts) for parts in zip(*(batch[c] for c in columns))]
 
 
-def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False,
-                 marker_id: int | None = None):
+def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False):
     """Tokenize texts (and optional second texts) the one way this project does, for training and prediction.
 
-    `marker_id` (the pooling token of append_eos / cls_token) is appended after truncation to max_length - 1,
-    so it is the last token of every text however long the text is, on either truncation side.
+    A pooling token (append_eos / cls_token) is appended by the tokenizer itself (`modeling.append_pooling_token`),
+    after truncation, so it is the last token of every text however long the text is, on either truncation side.
     """
-    if marker_id is None:
-        return tokenizer(
-            texts,
-            pairs,
-            truncation=True if pairs is None else "longest_first",
-            max_length=max_length,
-            padding="max_length" if padding is True else False,
-        )
-    if max_length < 2:
-        raise UsageError(f"max_seq_length {max_length} leaves no room for the pooling token; use at least 2")
-    out = tokenizer(texts, pairs, truncation=True if pairs is None else "longest_first", max_length=max_length - 1)
-    for i in range(len(out["input_ids"])):
-        out["input_ids"][i] = list(out["input_ids"][i]) + [marker_id]
-        if "attention_mask" in out:
-            out["attention_mask"][i] = list(out["attention_mask"][i]) + [1]
-        if "token_type_ids" in out:  # the marker belongs to the last segment
-            types = list(out["token_type_ids"][i])
-            out["token_type_ids"][i] = types + [types[-1] if types else 0]
-    if padding is True:
-        out = tokenizer.pad(out, padding="max_length", max_length=max_length)
-    return out
+    special = tokenizer.num_special_tokens_to_add(pair=pairs is not None)
+    if max_length <= special:
+        raise UsageError(f"max_seq_length {max_length} leaves no room for text beside the {special} special token(s) "
+                         f"the tokenizer adds; use at least {special + 1}")
+    return tokenizer(
+        texts,
+        pairs,
+        truncation=True if pairs is None else "longest_first",
+        max_length=max_length,
+        padding="max_length" if padding is True else False,
+    )
 
 
 def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Columns, max_length: int,
@@ -441,13 +430,13 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
 
 def tokenize(raw, tokenizer, label_space: LabelSpace | None, cols: Columns, max_length: int,
              pad_to_max_length: bool = False, num_proc: int | None = None, overwrite_cache: bool = False,
-             sources: dict | None = None, marker_id: int | None = None):
+             sources: dict | None = None):
     """Tokenize every split with `Dataset.map(batched=True)`; add `labels` where the split has them."""
 
     def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         texts = join_texts(batch, cols.text, cols.delimiter)
         pairs = batch[cols.pair] if cols.pair else None
-        out = dict(encode_texts(tokenizer, texts, pairs, max_length, pad_to_max_length, marker_id))
+        out = dict(encode_texts(tokenizer, texts, pairs, max_length, pad_to_max_length))
         if label_space is not None and cols.label in batch:
             out["labels"] = [label_space.encode(v, f"row {i + 1}") for v, i in zip(batch[cols.label], indices)]
         return out

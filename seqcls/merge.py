@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import UsageError
-from .modeling import DTYPES, is_adapter_dir, load_trained_model
+from .model_dir import ADAPTER_CONFIG, is_adapter_dir, load, save
+from .modeling import DTYPES
 
 logger = logging.getLogger("seqcls.merge")
-
-COPIED_FILES = ("seqcls.json",)
 
 
 def base_dtype(base: str, token: str | None = None) -> torch.dtype:
@@ -44,53 +41,24 @@ def base_dtype(base: str, token: str | None = None) -> torch.dtype:
 
 def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "auto", base_model_name_or_path: str | None = None,
           overwrite: bool = False, token: str | None = None) -> Path:
-    """Merge `adapter_dir` into its base and write a plain model directory at `out_dir` (atomically)."""
+    """Merge `adapter_dir` into its base and write a plain model directory at `out_dir` (atomically), with the
+    tokenizer and settings of the adapter's run (seqcls.model_dir)."""
     import json
-
-    from transformers import AutoTokenizer
 
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     if not is_adapter_dir(adapter_dir):
-        raise UsageError(f"{adapter_dir} holds no adapter_config.json; give the output_dir of a use_lora training run")
+        raise UsageError(f"{adapter_dir} holds no {ADAPTER_CONFIG}; give the output_dir of a use_lora training run")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UsageError(f"{out} exists and is not empty; choose another OUT_DIR or add --overwrite")
     if out.resolve() == adapter_dir.resolve():
         raise UsageError("OUT_DIR must differ from ADAPTER_DIR")
-    base = base_model_name_or_path or json.loads((adapter_dir / "adapter_config.json").read_text())[
+    base = base_model_name_or_path or json.loads((adapter_dir / ADAPTER_CONFIG).read_text())[
         "base_model_name_or_path"]
     torch_dtype = base_dtype(base, token) if dtype == "auto" else DTYPES[dtype]
-    model = load_trained_model(adapter_dir, dtype=torch_dtype, token=token, base_model_name_or_path=base)
-    merged = model.merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        merged.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        for name in COPIED_FILES:
-            if (adapter_dir / name).is_file():
-                shutil.copy2(adapter_dir / name, tmp / name)
-        os.chmod(tmp, 0o755 & ~_umask())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    trained = load(adapter_dir, dtype=torch_dtype, token=token, base_model_name_or_path=base)
+    save(out, trained.model, trained.tokenizer, trained.settings, overwrite=overwrite)
     logger.info("merged %s into %s (%s): %s", adapter_dir, base, torch_dtype, out)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -94,13 +94,21 @@ def load_tokenizer(model_args, token: str | None = None):
 
 
 def configure_tokenizer(tokenizer, model_args) -> None:
-    """Pad token (never the pooling token), padding side and truncation side, as the arguments say."""
+    """Pooling marker (appended by the tokenizer itself), pad token (never the pooling token), padding side and
+    truncation side, as the arguments say."""
     marker = pooling_token(model_args, tokenizer)
+    if marker is not None:
+        append_pooling_token(tokenizer, marker)
     set_pad_token(tokenizer, model_args.pad_token, avoid=marker)
-    if model_args.padding_side:
-        tokenizer.padding_side = model_args.padding_side
-    if getattr(model_args, "truncation_side", None):
-        tokenizer.truncation_side = model_args.truncation_side
+    set_sides(tokenizer, model_args.padding_side or tokenizer.padding_side,
+              getattr(model_args, "truncation_side", None) or tokenizer.truncation_side)
+
+
+def set_sides(tokenizer, padding_side: str, truncation_side: str) -> None:
+    """Set the padding and truncation sides so that `save_pretrained` writes both into tokenizer_config.json (it
+    saves only the attributes named in `init_kwargs`; a tokenizer loaded without them would truncate on the right)."""
+    tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side
+    tokenizer.init_kwargs["padding_side"], tokenizer.init_kwargs["truncation_side"] = padding_side, truncation_side
 
 
 def pooling_token(model_args, tokenizer) -> str | None:
@@ -122,6 +130,95 @@ def pooling_token(model_args, tokenizer) -> str | None:
 
 def pooling_token_id(tokenizer, marker: str | None) -> int | None:
     return None if marker is None else tokenizer.convert_tokens_to_ids(marker)
+
+
+def append_pooling_token(tokenizer, marker: str) -> None:
+    """Make the tokenizer itself append `marker` to every text (and pair), after truncation.
+
+    Done in the fast tokenizer's post-processor, which is saved in tokenizer.json, so every consumer of the saved
+    tokenizer (`pipeline`, vLLM, an export) gets the tokens training used: `tokenizer(text, truncation=True)` ends in
+    the marker, and truncation leaves room for it on either side. A template the tokenizer already has (BERT's
+    [CLS] $A [SEP], a BOS) is kept, with the marker after it. tokenizers cannot chain two templates (it panics),
+    so an existing template is rebuilt with the marker appended.
+    """
+    from tokenizers import processors
+
+    if has_pooling_token(tokenizer, marker):
+        return
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UsageError(f"a pooling token needs a fast tokenizer; {type(tokenizer).__name__} has none "
+                         "(use_fast_tokenizer true, or drop append_eos / cls_token)")
+    marker_id = tokenizer.convert_tokens_to_ids(marker)
+    current = backend.post_processor
+    state = json.loads(current.__getstate__()) if current is not None else None
+    kind = state.get("type") if state else None
+    if kind == "Sequence":
+        parts = [json.loads(p.__getstate__()) if not isinstance(p, dict) else p for p in state["processors"]]
+        templates = [i for i, p in enumerate(parts) if p.get("type") in ("TemplateProcessing", "BertProcessing",
+                                                                          "RobertaProcessing")]
+        rebuilt = [processors.ByteLevel(**{k: v for k, v in p.items() if k != "type"}) if p["type"] == "ByteLevel"
+                   else None for p in parts]
+        if any(r is None for i, r in enumerate(rebuilt) if i not in templates):
+            raise UsageError(f"{type(tokenizer).__name__}: its post-processor {[p['type'] for p in parts]} cannot "
+                             "take a pooling token; drop append_eos / cls_token")
+        if templates:
+            rebuilt[templates[-1]] = _template_with_marker(parts[templates[-1]], marker, marker_id)
+        else:
+            rebuilt.append(_template_with_marker(None, marker, marker_id))
+        backend.post_processor = processors.Sequence(rebuilt)
+    elif kind in (None, "TemplateProcessing", "BertProcessing", "RobertaProcessing"):
+        backend.post_processor = _template_with_marker(state, marker, marker_id)
+    elif kind == "ByteLevel":
+        backend.post_processor = processors.Sequence([current, _template_with_marker(None, marker, marker_id)])
+    else:
+        raise UsageError(f"{type(tokenizer).__name__}: its post-processor {kind} cannot take a pooling token; drop "
+                         "append_eos / cls_token")
+
+
+def _template_with_marker(state: dict | None, marker: str, marker_id: int):
+    """A TemplateProcessing equal to `state` (a template, BERT or RoBERTa processor, or none) with the marker last."""
+    from tokenizers import processors
+
+    special: dict[str, dict] = {}
+    if state is None:
+        single, pair = ["$A:0"], ["$A:0", "$B:1"]
+    elif state["type"] == "TemplateProcessing":
+        def item(piece: dict) -> str:
+            if "SpecialToken" in piece:
+                return f"{piece['SpecialToken']['id']}:{piece['SpecialToken']['type_id']}"
+            return f"${piece['Sequence']['id']}:{piece['Sequence']['type_id']}"
+
+        single, pair = [item(p) for p in state["single"]], [item(p) for p in state["pair"]]
+        special = dict(state.get("special_tokens") or {})
+    else:  # BertProcessing / RobertaProcessing: (token, id) pairs for sep and cls
+        (sep, sep_id), (cls, cls_id) = state["sep"], state["cls"]
+        special = {t: {"id": t, "ids": [i], "tokens": [t]} for t, i in ((sep, sep_id), (cls, cls_id))}
+        if state["type"] == "BertProcessing":
+            single, pair = [f"{cls}:0", "$A:0", f"{sep}:0"], [f"{cls}:0", "$A:0", f"{sep}:0", "$B:1", f"{sep}:1"]
+        else:
+            single, pair = [f"{cls}:0", "$A:0", f"{sep}:0"], [f"{cls}:0", "$A:0", f"{sep}:0", f"{sep}:0", "$B:0",
+                                                              f"{sep}:0"]
+    last_type = lambda template: template[-1].rsplit(":", 1)[1]  # noqa: E731 - the marker joins the last segment
+    special[marker] = {"id": marker, "ids": [marker_id], "tokens": [marker]}
+    return processors.TemplateProcessing(single=single + [f"{marker}:{last_type(single)}"],
+                                         pair=pair + [f"{marker}:{last_type(pair)}"],
+                                         special_tokens=list(special.values()))
+
+
+def has_pooling_token(tokenizer, marker: str) -> bool:
+    """Whether the tokenizer's own post-processor ends every text with `marker` (as `append_pooling_token` does)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.post_processor is None:
+        return False
+    state = json.loads(backend.post_processor.__getstate__())
+    parts = state.get("processors", [state]) if state.get("type") == "Sequence" else [state]
+    for part in parts:
+        part = json.loads(part.__getstate__()) if not isinstance(part, dict) else part
+        if part.get("type") == "TemplateProcessing":
+            last = part["single"][-1]
+            return "SpecialToken" in last and last["SpecialToken"]["id"] == marker
+    return False
 
 
 # Existing special tokens tried, in order, as the pad token when the usual one is the pooling marker
@@ -168,22 +265,11 @@ def resolve_dtype(name: str, bf16: bool = False, fp16: bool = False) -> torch.dt
 
 
 def load_model(model_args, label_space: LabelSpace, tokenizer, dtype: torch.dtype = torch.float32,
-               token: str | None = None, require_head: bool = False, quantization_config=None, device_map=None):
-    """AutoModelForSequenceClassification with the label maps, problem type and pad token id in its config.
-
-    `require_head`: the model is used as it is (evaluate or predict, no training), so every weight, the
-    classification head included, must come from the checkpoint instead of a random initialisation.
-    A LoRA adapter directory (from a use_lora run) loads as its base model plus the adapter, for evaluation and
-    prediction."""
+               token: str | None = None, quantization_config=None, device_map=None):
+    """The model to train: AutoModelForSequenceClassification with the label maps, problem type and pad token id in
+    its config (a trained directory is loaded for evaluation or prediction by `seqcls.model_dir.load`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    if is_adapter_dir(model_args.model_name_or_path):
-        model = load_trained_model(model_args.model_name_or_path, dtype=dtype, token=token,
-                                   attn_implementation=model_args.attn_implementation)
-        if model.config.pad_token_id != tokenizer.pad_token_id:
-            raise UsageError(f"{model_args.model_name_or_path}: the model pads with id {model.config.pad_token_id}, "
-                             f"the tokenizer with {tokenizer.pad_token_id}; use the tokenizer saved with the adapter")
-        return model
     name = model_args.config_name or model_args.model_name_or_path
     try:
         config = AutoConfig.from_pretrained(
@@ -214,19 +300,10 @@ def load_model(model_args, label_space: LabelSpace, tokenizer, dtype: torch.dtyp
             attn_implementation=model_args.attn_implementation,
             # None: safetensors first, else a .bin through torch.load(weights_only=True), only when the user allows
             use_safetensors=True if getattr(model_args, "use_safetensors", True) else None,
-            output_loading_info=True,
             **({"quantization_config": quantization_config, "device_map": device_map} if quantization_config else {}),
         )
     except (OSError, ValueError) as e:
         raise _load_error("model", model_args.model_name_or_path, e) from None
-    model, info = model
-    if require_head and info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
-        raise UsageError(
-            f"model_name_or_path {model_args.model_name_or_path} has no trained classification head ({missing[0]} "
-            "is not in its weights), so its predictions would be random; give the output_dir of a training run, or "
-            "train it first with --do_train"
-        )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -416,66 +493,6 @@ def apply_lora(model, model_args, gradient_checkpointing: bool = False):
                 targets if isinstance(targets, str) else f"{len(targets)} module name(s) {targets[:8]}",
                 f"{trainable:,}", f"{total:,}", 100 * trainable / total, head_name)
     return peft_model
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Trained model directories: plain, or a LoRA adapter directory
-
-
-CLASSIFIER_CONFIG = "classifier_config.json"  # the classifier's config in an adapter dir (not config.json, which
-# would make transformers take the directory for a full model and look for model.safetensors there)
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def model_config_path(path: str | Path) -> str:
-    """Where a trained model's config (labels, pad id) is: config.json, or classifier_config.json of an adapter."""
-    return str(Path(path) / CLASSIFIER_CONFIG) if is_adapter_dir(path) else str(path)
-
-
-def save_adapter_config(model, out_dir: str | Path) -> None:
-    """Write the classifier config (label maps, problem type, pad id) beside the adapter, for reloading."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    from .outputs import atomic_open
-
-    with atomic_open(Path(out_dir) / CLASSIFIER_CONFIG) as f:
-        f.write(base.config.to_json_string())
-
-
-def load_trained_model(path: str | Path, dtype: torch.dtype | None = torch.float32, token: str | None = None,
-                       base_model_name_or_path: str | None = None, attn_implementation: str | None = None):
-    """A trained classifier for inference: a plain model directory, or base model + LoRA adapter (a PeftModel).
-
-    `base_model_name_or_path` overrides the base recorded in adapter_config.json (e.g. after moving files)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    path = Path(path)
-    kwargs = {"dtype": dtype, "token": token}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if not is_adapter_dir(path):
-        try:
-            return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-        except (OSError, ValueError) as e:
-            raise _load_error("model", str(path), e) from None
-    import json
-
-    from peft import PeftModel
-
-    if not (path / CLASSIFIER_CONFIG).is_file():
-        raise UsageError(f"{path}: an adapter directory without {CLASSIFIER_CONFIG}; it was not written by "
-                         "seqcls training (give a directory from `run_classification.py --use_lora true`)")
-    config = AutoConfig.from_pretrained(str(path / CLASSIFIER_CONFIG))
-    base = base_model_name_or_path or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(base, config=config, **kwargs)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path}: its base model {base!r} could not be loaded ({first}); give the base model's "
-                         "path with --base_model_name_or_path") from None
-    return PeftModel.from_pretrained(model, str(path))
 
 
 def freeze_input_embeddings(model) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 
 from .data import Columns, encode_texts, join_texts
 from .errors import UsageError
-from .labels import MULTI, REGRESSION, SINGLE, LabelSpace, label_space_from_config
+from .labels import LabelSpace
 from .outputs import atomic_open, decode
 
 if TYPE_CHECKING:  # torch and transformers are imported when a model is loaded: `--help` and input errors are instant
@@ -45,8 +45,6 @@ if TYPE_CHECKING:  # torch and transformers are imported when a model is loaded:
 
 logger = logging.getLogger(__name__)
 
-SEQCLS_CONFIG = "seqcls.json"  # written by training next to the model (seqcls.train.SEQCLS_CONFIG)
-ADAPTER_CONFIG = "adapter_config.json"
 CHUNK_SIZE = 8192  # rows read, tokenized and sorted at a time: bounds memory on inputs of any size
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
@@ -99,33 +97,17 @@ class Classifier:
         dtype: "auto" (default: bfloat16 on a CUDA GPU that supports it, else float32), "float32", "bfloat16",
         "float16". max_length: truncation in tokens; default the one used in training (seqcls.json).
         """
-        import torch
+        from .model_dir import load
 
-        path = Path(model_dir)
-        if not path.is_dir():
-            raise UsageError(f"model directory {model_dir} does not exist; give the output_dir of a training run")
-        settings = read_settings(path)
         torch_device, torch_dtype = resolve_device_dtype(device, dtype)
-        load = dict(dtype=torch_dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-        if (path / ADAPTER_CONFIG).is_file():
-            model, tokenizer, label_space = load_adapter(path, settings, load)
-        else:
-            if not (path / "config.json").is_file():
-                raise UsageError(f"{path} is not a model directory (no config.json); give the output_dir of a "
-                                 "training run")
-            tokenizer = _load_tokenizer(path, trust_remote_code)
-            model = _load_classifier(path, load)
-            label_space = _label_space(path, settings, model.config)
-        model.to(torch_device)
-        from .modeling import max_length_for
-
-        requested = max_length if max_length is not None else settings.get("max_seq_length")
-        columns = _columns(settings)
-        clf = cls(model, tokenizer, label_space, max_length=max_length_for(tokenizer, model, requested),
-                  thresholds=_thresholds(path, settings, label_space), columns=columns)
-        logger.info("loaded %s: %s, %d label(s), max length %d, %s on %s, mask-free %s", path,
-                    label_space.problem_type, label_space.num_labels, clf.max_length, torch_dtype, torch_device,
-                    clf.mask_free)
+        trained = load(model_dir, device=torch_device, dtype=torch_dtype, attn_implementation=attn_implementation,
+                       trust_remote_code=trust_remote_code, max_length=max_length)
+        settings = trained.settings
+        clf = cls(trained.model, trained.tokenizer, settings.label_space, max_length=trained.max_length,
+                  thresholds=settings.thresholds, columns=settings.columns)
+        logger.info("loaded %s: %s, %d label(s), max length %d, pooling token %r, %s on %s, mask-free %s", model_dir,
+                    settings.label_space.problem_type, settings.label_space.num_labels, clf.max_length,
+                    settings.pooling_token, torch_dtype, torch_device, clf.mask_free)
         return clf
 
     def predict(self, texts: str | Iterable[str], text_pairs: str | Iterable[str] | None = None, *,
@@ -242,156 +224,6 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple["torch.
     if dtype not in DTYPE_NAMES:
         raise UsageError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
     return torch_device, getattr(torch, dtype)
-
-
-def read_settings(path: Path) -> dict[str, Any]:
-    """seqcls.json (written by training), or {} for a directory that has none (any Hugging Face classifier)."""
-    file = path / SEQCLS_CONFIG
-    if not file.is_file():
-        return {}
-    try:
-        settings = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{file}: unreadable ({e}); restore it from the training run or delete it") from None
-    if not isinstance(settings, dict):
-        raise UsageError(f"{file}: expected a JSON object; restore it from the training run or delete it")
-    return settings
-
-
-def _load_error(what: str, name: str | Path, e: Exception, hint: str) -> UsageError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return UsageError(f"{what} {name} could not be loaded ({first}); {hint}")
-
-
-def _load_tokenizer(name: str | Path, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
-    from .modeling import set_pad_token
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name), trust_remote_code=trust_remote_code)
-    except Exception as e:  # OSError, ValueError, tokenizers' own errors: all mean an unreadable directory
-        raise _load_error("tokenizer in", name, e, "the directory needs tokenizer.json or the tokenizer files") from None
-    if not getattr(tokenizer, "is_fast", False):
-        logger.warning("%s: no fast tokenizer; tokenization will be slow", name)
-    set_pad_token(tokenizer)
-    return tokenizer
-
-
-def _load_classifier(path: Path, load: dict[str, Any]):
-    """AutoModelForSequenceClassification, refusing a directory whose classification head is not trained."""
-    from transformers import AutoModelForSequenceClassification
-
-    try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(str(path), output_loading_info=True, **load)
-    except Exception as e:  # OSError, ValueError, safetensors errors: all mean an unreadable model directory
-        raise _load_error("model", path, e, "check that training finished and the weights are complete") from None
-    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
-    if missing:
-        raise UsageError(
-            f"{path}: weights missing for {', '.join(sorted(missing)[:3])}; predictions would be random. Is it a "
-            "base model rather than a trained classifier? Train one with seqcls-train"
-        )
-    return model
-
-
-def load_adapter(path: Path, settings: dict[str, Any], load: dict[str, Any]):
-    """A LoRA adapter directory: its base model (`base_model_name_or_path`) with the adapter merged in."""
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise UsageError(f"{path} holds a LoRA adapter ({ADAPTER_CONFIG}); loading it needs peft: pip install peft") from None
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    try:
-        base = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{path / ADAPTER_CONFIG}: unreadable or without base_model_name_or_path ({e})") from None
-    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = _load_tokenizer(path if has_tokenizer else base, load["trust_remote_code"])
-    try:
-        config = AutoConfig.from_pretrained(str(path) if (path / "config.json").is_file() else base,
-                                            trust_remote_code=load["trust_remote_code"])
-    except Exception as e:
-        raise _load_error("base model", base, e, f"fix base_model_name_or_path in {path / ADAPTER_CONFIG}") from None
-    label_space = _label_space(path, settings, config if (path / "config.json").is_file() else None)
-    config.num_labels = label_space.num_labels
-    config.id2label, config.label2id = label_space.id2label, label_space.label2id
-    config.problem_type = label_space.problem_type
-    config.pad_token_id = tokenizer.pad_token_id if config.pad_token_id is None else config.pad_token_id
-    try:
-        with _transformers_quiet():  # its "score.weight MISSING" notice is expected here: the adapter brings the head
-            model, info = AutoModelForSequenceClassification.from_pretrained(base, config=config,
-                                                                             output_loading_info=True, **load)
-        model = PeftModel.from_pretrained(model, str(path))
-    except Exception as e:  # OSError, ValueError, safetensors and peft errors: an unreadable base or adapter
-        raise _load_error("LoRA adapter", path, e, f"check the adapter files and its base model {base}") from None
-    # The head is new on the base model: it must come from the adapter (modules_to_save), or it stays random.
-    saved = _adapter_keys(path)
-    untrained = [k for k in info.get("missing_keys") or [] if saved is not None and not any(
-        key.endswith("." + k) for key in saved)]
-    if untrained:
-        raise UsageError(f"{path}: the adapter does not hold the classification head ({', '.join(untrained)}); "
-                         "train the adapter with the head in modules_to_save")
-    return model.merge_and_unload(), tokenizer, label_space
-
-
-def _adapter_keys(path: Path) -> set[str] | None:
-    file = path / "adapter_model.safetensors"
-    if not file.is_file():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(file), "pt") as f:
-        return set(f.keys())
-
-
-@contextlib.contextmanager
-def _transformers_quiet() -> Iterator[None]:
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def _label_space(path: Path, settings: dict[str, Any], config) -> LabelSpace:
-    saved = settings.get("label_space")
-    if saved:
-        try:
-            return LabelSpace(saved["problem_type"], tuple(saved.get("names") or ()))
-        except (KeyError, TypeError):
-            raise UsageError(f"{path / SEQCLS_CONFIG}: label_space is malformed; restore it from the training run") from None
-    if config is None:
-        raise UsageError(f"{path}: no label space ({SEQCLS_CONFIG} or config.json); restore them from the training run")
-    problem_type = getattr(config, "problem_type", None)
-    if problem_type is None and config.num_labels == 1:
-        problem_type = REGRESSION  # the transformers convention: one output without a problem type is regression
-    return label_space_from_config(config.id2label, problem_type)
-
-
-def _columns(settings: dict[str, Any]) -> Columns:
-    text = settings.get("text_column_names") or ["text"]
-    return Columns(text=list(text) if isinstance(text, (list, tuple)) else [str(text)],
-                   delimiter=settings.get("text_column_delimiter", " "),
-                   pair=settings.get("text_pair_column_name"))
-
-
-def _thresholds(path: Path, settings: dict[str, Any], label_space: LabelSpace) -> list[float] | None:
-    """Per-label decision thresholds for multi-label (a list in label order, or {name: threshold}); else 0.5."""
-    saved = settings.get("thresholds")
-    if saved is None or label_space.problem_type != MULTI:
-        return None
-    names = label_space.names
-    if isinstance(saved, dict):
-        saved = [saved.get(name, 0.5) for name in names]
-    if not isinstance(saved, list) or len(saved) != len(names) or not all(isinstance(t, (int, float)) for t in saved):
-        raise UsageError(f"{path / SEQCLS_CONFIG}: thresholds must be {len(names)} numbers (one per label) or "
-                         "{label: threshold}; fix or remove them")
-    return [float(t) for t in saved]
 
 
 # ----------------------------------------------------------------------------------------------------------

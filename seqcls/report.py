@@ -453,14 +453,13 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
     run_args = _read_json(out / "run_args.json") or {}
     config_json = _read_json(out / "config.json") or {}
     results = _read_json(out / "all_results.json") or {}
-    seqcls_json = _read_json(out / "seqcls.json") or {}
-    space = seqcls_json.get("label_space") or {}
-    problem_type = space.get("problem_type") or config_json.get("problem_type") or SINGLE
+    settings = _settings(out, config_json)
+    problem_type = settings.label_space.problem_type if settings else (config_json.get("problem_type") or SINGLE)
     if problem_type == REGRESSION:
         names: list[str] = []
     else:
-        names = list(space.get("names") or
-                     [config_json.get("id2label", {})[k] for k in sorted(config_json.get("id2label", {}), key=int)])
+        names = list(settings.label_space.names) if settings else \
+            [config_json.get("id2label", {})[k] for k in sorted(config_json.get("id2label", {}), key=int)]
     base = run_args.get("model_name_or_path")
     hub_base = _hub_id(base)
     is_lora = (out / "adapter_config.json").is_file()
@@ -546,13 +545,8 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
                   "glyphs (install one, e.g. fonts-noto-cjk, and run `python -m seqcls.report OUTPUT_DIR`).", ""]
 
     # --- use --------------------------------------------------------------------------------------------
-    lines += ["## Use", "", "```python", "from transformers import pipeline", "",
-              f'classifier = pipeline("text-classification", model="{run_args.get("output_dir") or out.name}"'
-              + (', top_k=None, function_to_apply="sigmoid")' if problem_type == MULTI else ")"),
-              'print(classifier("..."))', "```", ""]
-    if problem_type == MULTI:
-        lines += ["Multi-label: a label applies when its sigmoid probability is at least 0.5.", ""]
-
+    if settings is not None:
+        lines += usage_section(settings, run_args.get("output_dir") or out.name, is_lora)
     # --- data -------------------------------------------------------------------------------------------
     if data:
         lines += ["## Data", "", "| split | file | rows in file | rows used |", "|---|---|---:|---:|"]
@@ -584,6 +578,73 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
                   "`python run_classification.py config.yaml`. Every argument the run used is in `run_args.json`.",
                   "", "```yaml", _yaml(config).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _settings(out: Path, config_json: dict[str, Any]):
+    """The run's settings (seqcls.model_dir), or None where they cannot be read (the card still gets written)."""
+    from .model_dir import read_settings
+
+    try:
+        return read_settings(out)
+    except UsageError as e:
+        logger.warning("report: %s", e)
+        return None
+
+
+def vllm_command(model_dir: str, settings) -> str:
+    """The command that serves a run directory with vLLM's pooling runner, as trained (see README "Serving")."""
+    length = f" --max-model-len {settings.max_seq_length}" if settings.max_seq_length else ""
+    return f"python -m vllm.entrypoints.openai.api_server --model {model_dir} --runner pooling{length}"
+
+
+def usage_section(settings, model_dir: str, is_lora: bool) -> list[str]:
+    """The card's "Use": what to call, and what to pass, so that each consumer gives the run's own predictions."""
+    space = settings.label_space
+    cols = settings.columns
+    lines = ["## Use", "", "With seqcls (applies everything below by itself):", "", "```bash",
+             f"seqcls-predict {model_dir} texts.jsonl -o predictions.jsonl", "```", "", "```python",
+             "from seqcls import Classifier", "", f'clf = Classifier.from_pretrained("{model_dir}")',
+             "print(clf.predict([" + ('"...", "..."], ["...", "..."]))' if cols.pair else '"..."]))'), "```", ""]
+    target = model_dir
+    if is_lora:
+        lines += ["This directory holds a LoRA adapter: for `pipeline` and vLLM merge it first "
+                  f"(`seqcls-merge {model_dir} {model_dir}-merged`) and use the merged directory.", ""]
+        target = f"{model_dir}-merged"
+    function = {SINGLE: "", MULTI: ', function_to_apply="sigmoid"', REGRESSION: ', function_to_apply="none"'}
+    text = '{"text": "...", "text_pair": "..."}' if cols.pair else '"..."'
+    lines += ["With transformers:", "", "```python", "from transformers import pipeline", "",
+              f'classifier = pipeline("text-classification", model="{target}", top_k=None'
+              f'{function[space.problem_type]})', f"print(classifier([{text}], truncation=True))", "```", ""]
+    notes = [f"`truncation=True`: the saved tokenizer cuts texts at the trained {settings.max_seq_length} tokens "
+             f"(its `model_max_length`) on the {settings.truncation_side}, as in training."
+             if settings.max_seq_length else "`truncation=True` cuts texts at the tokenizer's limit."]
+    if settings.pooling_token:
+        notes.append(f"The saved tokenizer appends the pooling token `{settings.pooling_token}` to every text by "
+                     "itself (after truncation); send the plain text.")
+    if len(cols.text) > 1:
+        joined = f" + {json.dumps(cols.delimiter)} + ".join(cols.text)
+        notes.append(f"The model was trained on the columns {', '.join(f'`{c}`' for c in cols.text)} joined: send "
+                     f"`{joined}` as the text (seqcls joins them itself).")
+    if cols.pair:
+        notes.append(f"Sentence pairs: the second text (`{cols.pair}` in training) goes in `text_pair`.")
+    if space.problem_type == MULTI:
+        if settings.thresholds:
+            table = ", ".join(f"{n} {t:g}" for n, t in zip(space.names, settings.thresholds))
+            notes.append(f"Multi-label: a label applies when its sigmoid probability is at least its threshold, tuned "
+                         f"on validation data and saved in `seqcls.json` (`thresholds`): {table}. `pipeline` and "
+                         "vLLM return the probabilities; apply these thresholds to them (seqcls does).")
+        else:
+            notes.append("Multi-label: a label applies when its sigmoid probability is at least 0.5.")
+    if space.problem_type == REGRESSION:
+        notes.append("Regression: the one output is the predicted value (`function_to_apply=\"none\"`).")
+    lines += [f"- {n}" for n in notes] + [""]
+    lines += ["With vLLM (pooling runner, `POST /classify`; see the seqcls README, \"Serving\"):", "", "```bash",
+              vllm_command(target, settings), "```", ""]
+    if space.problem_type == REGRESSION or cols.pair:
+        lines += ["vLLM's classify endpoint takes single texts and applies softmax or sigmoid: "
+                  + ("this pair model needs seqcls or `pipeline`." if cols.pair else
+                     "for this regression model use seqcls or `pipeline`."), ""]
+    return lines
 
 
 def _dataset_type(source: Any) -> str:

@@ -7,13 +7,8 @@ use the same ones.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 
-from .errors import UsageError
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -51,26 +46,3 @@ def tune_thresholds(probs: np.ndarray, truth: np.ndarray) -> list[float]:
     if probs.ndim != 2 or probs.shape != truth.shape:
         raise ValueError(f"probs {probs.shape} and truth {truth.shape} must both be (rows, labels)")
     return [round(best_threshold(probs[:, j], truth[:, j])[0], 6) for j in range(probs.shape[1])]
-
-
-def check_thresholds(thresholds: Sequence[float] | None, num_labels: int, where: str) -> list[float] | None:
-    """Validate thresholds read from a file: one number in [0, 1] per label."""
-    if thresholds is None:
-        return None
-    values = list(thresholds)
-    if len(values) != num_labels or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in values):
-        raise UsageError(f"{where}: thresholds must be {num_labels} numbers between 0 and 1 (one per label), "
-                         f"got {values!r}; fix or remove them")
-    return [float(t) for t in values]
-
-
-def load_thresholds(model_dir: str | Path, num_labels: int) -> list[float] | None:
-    """The thresholds saved with a trained model (None when there are none, or no seqcls.json)."""
-    path = Path(model_dir) / "seqcls.json"
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not valid JSON ({e}); restore the file from the training run") from None
-    return check_thresholds(saved.get("thresholds"), num_labels, str(path))

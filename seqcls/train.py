@@ -22,22 +22,23 @@ from .checkpoints import (GracefulStop, Interrupted, check_resumable, latest_com
                           set_aside_incomplete)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .errors import UsageError
-from .labels import MULTI, LabelSpace, build_label_space, label_space_from_config
+from .labels import MULTI, build_label_space
 from .loss import ClassificationLoss, resolve_class_weights
 from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics, sigmoid
+from .model_dir import (ModelSettings, is_adapter_dir, local_dir, trained_settings, write_adapter_config,
+                        write_settings)
+from .model_dir import load as load_trained
 from .modeling import (apply_lora, check_head_unquantized, check_model_source, check_vocab_ids, checkpointing_on,
-                       freeze_input_embeddings, is_adapter_dir, load_model, load_tokenizer, max_length_for,
-                       model_config_path, pooling_token, pooling_token_id, prepare_precision, quantization_config,
-                       resolve_dtype, save_adapter_config)
+                       freeze_input_embeddings, load_model, load_tokenizer, max_length_for, pooling_token,
+                       prepare_precision, quantization_config, resolve_dtype, set_sides)
 from .outputs import classification_report, decode, write_json, write_jsonl
 from .packing import LAST_TOKEN_KEY, PackedForward
 from .report import write_report
-from .thresholds import load_thresholds, tune_thresholds
+from .thresholds import tune_thresholds
 
 logger = logging.getLogger("seqcls")
 
 FINISHED_MARKERS = ("all_results.json", "model.safetensors", "adapter_model.safetensors")
-SEQCLS_CONFIG = "seqcls.json"
 
 
 def setup_logging(training_args) -> None:
@@ -223,14 +224,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if training_args.do_predict and "test" not in raw:
         raise UsageError("--do_predict needs --test_file")
 
-    # --- Label space ----------------------------------------------------------------------------------
-    if "train" in raw:
+    # --- Label space (from train; a trained model's own when evaluating or predicting with it) ----------------
+    trained_dir = None if training_args.do_train else local_dir(model_args.model_name_or_path, token)
+    settings = None if trained_dir is None else trained_settings(trained_dir, model_args.trust_remote_code,
+                                                                 key="model_name_or_path")
+    if settings is None:
         label_space = build_label_space(
             raw["train"][cols.label], problem_type=data_args.problem_type, class_names=data_args.class_names,
             do_regression=data_args.do_regression, where=sources["train"].name,
         )
-    else:  # evaluate or predict with a trained model: its config holds the label space
-        label_space = saved_label_space(model_args, token)
+    else:
+        label_space = settings.label_space
     for split in ("validation", "test"):
         if split in raw and cols.label in raw[split].column_names:
             check_labels(raw[split], label_space, cols.label, sources[split])
@@ -249,24 +253,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raw[split] = cut(raw[split], limit)
 
     # --- Tokenizer and model --------------------------------------------------------------------------
-    if not training_args.do_train:
-        use_saved_pooling(model_args)
-    tokenizer = load_tokenizer(model_args, token)
-    marker = pooling_token(model_args, tokenizer)
     dtype = resolve_dtype(model_args.torch_dtype, training_args.bf16, training_args.fp16)
     if quantization is not None:  # QLoRA: 4-bit base weights, everything else in the bf16 compute dtype
         dtype = torch.bfloat16
-    if is_adapter_dir(model_args.model_name_or_path) and training_args.do_train:
-        raise UsageError(f"{model_args.model_name_or_path} is a LoRA adapter directory: merge it first "
-                         "(seqcls-merge ADAPTER_DIR OUT_DIR) and train from the merged model")
-    model = load_model(model_args, label_space, tokenizer, dtype=dtype, token=token,
-                       require_head=not training_args.do_train, quantization_config=quantization,
-                       device_map={"": training_args.device} if quantization is not None else None)
+    if settings is None:
+        if is_adapter_dir(model_args.model_name_or_path):
+            raise UsageError(f"{model_args.model_name_or_path} is a LoRA adapter directory: merge it first "
+                             "(seqcls-merge ADAPTER_DIR OUT_DIR) and train from the merged model")
+        tokenizer = load_tokenizer(model_args, token)
+        marker = pooling_token(model_args, tokenizer)
+        model = load_model(model_args, label_space, tokenizer, dtype=dtype, token=token,
+                           quantization_config=quantization,
+                           device_map={"": training_args.device} if quantization is not None else None)
+        max_length = max_length_for(tokenizer, model, data_args.max_seq_length)
+        tokenizer.model_max_length = max_length  # saved with the model: every consumer truncates where training did
+    else:  # the trained model with its tokenizer exactly as trained (seqcls.model_dir)
+        trained = load_trained(trained_dir, dtype=dtype, token=token,
+                               attn_implementation=model_args.attn_implementation,
+                               trust_remote_code=model_args.trust_remote_code,
+                               max_length=data_args.max_seq_length, use_safetensors=model_args.use_safetensors,
+                               key="model_name_or_path", merge_adapter=False)  # the training run's exact logits
+        model, tokenizer, max_length = trained.model, trained.tokenizer, trained.max_length
+        marker = settings.pooling_token
+        check_same_input(model_args, settings, tokenizer)
     check_vocab_ids(model, tokenizer, marker)
     if quantization is not None:
         check_head_unquantized(model, dtype)
     prepare_precision(model, training_args.fp16, dtype)
-    max_length = max_length_for(tokenizer, model, data_args.max_seq_length)
     if training_args.freeze_embeddings:
         frozen = freeze_input_embeddings(model)
         logger.info("freeze_embeddings: %.1fM input embedding parameters are not trained", frozen / 1e6)
@@ -280,8 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --- Tokenize (once: the main process first, the others read its cache) ----------------------------
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize(raw, tokenizer, label_space, cols, max_length, data_args.pad_to_max_length,
-                             data_args.preprocessing_num_workers, data_args.overwrite_cache,
-                             marker_id=pooling_token_id(tokenizer, marker))
+                             data_args.preprocessing_num_workers, data_args.overwrite_cache)
 
     # --- Loss and thresholds (class weights from train; thresholds saved with a trained model) ---------------
     class_weights = None
@@ -291,9 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     [round(w, 4) for w in class_weights])
     loss = ClassificationLoss(label_space.problem_type, class_weights, training_args.focal_gamma,
                               training_args.label_smoothing_factor)
-    thresholds = None
-    if label_space.problem_type == MULTI and not training_args.do_train:
-        thresholds = load_thresholds(model_args.model_name_or_path, label_space.num_labels)
+    thresholds = list(settings.thresholds) if settings is not None and settings.thresholds else None
 
     # --- Trainer --------------------------------------------------------------------------------------
     if not training_args.metric_for_best_model_given:
@@ -344,9 +354,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             logger.info("thresholds tuned on validation: %s", dict(zip(label_space.names, thresholds)))
         if training_args.should_save:  # beside the model, wherever the Trainer saved it
             if model_args.use_lora:
-                save_adapter_config(trainer.model, out)
-            write_json(out / SEQCLS_CONFIG, seqcls_config(label_space, cols, max_length, thresholds, marker,
-                                                          tokenizer.truncation_side))
+                write_adapter_config(trainer.model, out)
+            write_settings(out, ModelSettings(
+                label_space=label_space, text_column_names=tuple(cols.text), text_column_delimiter=cols.delimiter,
+                text_pair_column_name=cols.pair, max_seq_length=max_length, truncation_side=tokenizer.truncation_side,
+                padding_side=tokenizer.padding_side, pooling_token=marker,
+                thresholds=None if thresholds is None else tuple(float(t) for t in thresholds)))
             write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
 
     # --- Evaluate -------------------------------------------------------------------------------------
@@ -385,56 +398,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def seqcls_config(label_space: LabelSpace, cols: Columns, max_length: int, thresholds=None,
-                  pooling_token: str | None = None, truncation_side: str = "right") -> dict[str, Any]:
-    """What prediction needs besides the model: the same text joining, truncation, pooling token, label space and
-    multi-label thresholds."""
-    from . import __version__
-
-    return {
-        "seqcls_version": __version__,
-        "label_space": label_space.to_dict(),
-        "text_column_names": cols.text,
-        "text_column_delimiter": cols.delimiter,
-        "text_pair_column_name": cols.pair,
-        "max_seq_length": max_length,
-        "truncation_side": truncation_side,
-        "pooling_token": pooling_token,
-        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
-    }
-
-
-def use_saved_pooling(model_args) -> None:
-    """Evaluating or predicting with a trained model: append the pooling token it was trained with, cut texts on
-    the same side (from its seqcls.json), unless the command line says otherwise."""
-    path = Path(model_args.model_name_or_path) / SEQCLS_CONFIG
-    if not path.is_file():
-        return
-    import json
-
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved.get("pooling_token") and not (model_args.cls_token or model_args.append_eos):
-        model_args.cls_token = saved["pooling_token"]
-        logger.info("pooling token %r from %s", model_args.cls_token, path)
-    if saved.get("truncation_side") and not model_args.truncation_side:
-        model_args.truncation_side = saved["truncation_side"]
-
-
-def saved_label_space(model_args, token: str | None) -> LabelSpace:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model_config_path(model_args.model_name_or_path), token=token,
-                                            trust_remote_code=model_args.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"model {model_args.model_name_or_path!r} could not be loaded: {str(e).splitlines()[0]}") from None
-    if not getattr(config, "problem_type", None):
-        raise UsageError(
-            f"model_name_or_path {model_args.model_name_or_path} has no label map (no problem_type in its "
-            "config.json): it is a base model, not a trained classifier; give the output_dir of a training run, "
-            "or train it first with --do_train --train_file"
-        )
-    return label_space_from_config(config.id2label, config.problem_type)
+def check_same_input(model_args, settings: ModelSettings, tokenizer) -> None:
+    """Evaluating a trained model: a pooling option on the command line must be the one it was trained with (another
+    marker would change what the model sees); truncation and padding sides may be chosen anew."""
+    asked = model_args.cls_token or (tokenizer.eos_token if model_args.append_eos else None)
+    if asked is not None and asked != settings.pooling_token:
+        trained = repr(settings.pooling_token) if settings.pooling_token else "no pooling token"
+        raise UsageError(f"the model in {model_args.model_name_or_path} was trained with {trained} ({settings.source}: "
+                         f"pooling_token); drop append_eos / cls_token, it is applied from the model directory")
+    if model_args.truncation_side and model_args.truncation_side != settings.truncation_side:
+        logger.warning("truncation_side %s instead of the trained %s", model_args.truncation_side,
+                       settings.truncation_side)
+    set_sides(tokenizer, model_args.padding_side or tokenizer.padding_side,
+              model_args.truncation_side or tokenizer.truncation_side)
 
 
 def cli(argv: list[str] | None = None) -> int:

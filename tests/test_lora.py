@@ -28,11 +28,10 @@ def lora_run(tiny_model_dir, tmp_path_factory):
 
 
 def logits_of(model, tokenizer, seqcls_json, texts):
-    """Logits the way training tokenized: same truncation length and side, the pooling token appended."""
-    marker = seqcls_json["pooling_token"]
-    tokenizer.truncation_side = seqcls_json["truncation_side"]
-    enc = encode_texts(tokenizer, texts, None, seqcls_json["max_seq_length"],
-                       marker_id=tokenizer.convert_tokens_to_ids(marker) if marker else None)
+    """Logits the way training tokenized: the saved tokenizer (it appends the pooling token itself) at the trained
+    length, on the trained truncation side."""
+    assert tokenizer.truncation_side == seqcls_json["truncation_side"]
+    enc = encode_texts(tokenizer, texts, None, seqcls_json["max_seq_length"])
     batch = tokenizer.pad(enc, return_tensors="pt")
     with torch.no_grad():
         return model.eval()(**batch).logits.float().numpy()
@@ -68,12 +67,12 @@ def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     from seqcls.metrics import softmax
-    from seqcls.modeling import load_trained_model
+    from seqcls import model_dir
 
     out, _ = lora_run
     saved = json.loads((out / "seqcls.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    adapter_logits = logits_of(load_trained_model(out), tokenizer, saved, TEST_TEXTS)
+    trained = model_dir.load(out)
+    adapter_logits = logits_of(trained.model, trained.tokenizer, saved, TEST_TEXTS)
     # the reloaded adapter gives the probabilities the training run wrote
     rows = [json.loads(line) for line in (out / "predict_results.jsonl").read_text().splitlines()]
     names = saved["label_space"]["names"]
@@ -97,13 +96,11 @@ def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path):
     assert type(plain).__name__ == "Qwen2ForSequenceClassification"
     np.testing.assert_allclose(logits_of(plain, AutoTokenizer.from_pretrained(merged), saved, TEST_TEXTS),
                                adapter_logits, atol=1e-5)
-    # pipeline: plain tokenization (no pooling token), compared with the same model's logits
+    # pipeline: the saved tokenizer appends the pooling token and truncates on the left by itself
     clf = pipeline("text-classification", model=str(merged), top_k=None, function_to_apply="none")
-    got = clf([TEST_TEXTS[0]])[0]
-    tok = AutoTokenizer.from_pretrained(merged)
-    with torch.no_grad():
-        direct = plain(**tok(TEST_TEXTS[0], return_tensors="pt")).logits[0].numpy()
-    assert {d["label"]: d["score"] for d in got} == pytest.approx(dict(zip(names, direct.tolist())), abs=1e-5)
+    got = clf([TEST_TEXTS[0]], truncation=True)[0]
+    assert {d["label"]: d["score"] for d in got} == pytest.approx(dict(zip(names, adapter_logits[0].tolist())),
+                                                                   abs=1e-5)
 
     # merging into a non-empty directory is refused (nothing overwritten)
     again = run_cli("-m", "seqcls.merge", str(out), str(merged))

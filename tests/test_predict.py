@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, run_cli, train_args
 from seqcls import predict
 from seqcls.errors import UsageError
-from seqcls.labels import MULTI, REGRESSION, SINGLE
+from seqcls.labels import MULTI, REGRESSION, SINGLE, LabelSpace
+from seqcls.model_dir import ModelSettings, write_settings
 
 TEST_FILE = ROOT / "data" / "example_test.jsonl"
 
@@ -37,10 +38,8 @@ def build_classifier(base: Path, out: Path, problem_type: str, names: list[str],
         model.score.weight.normal_(0, 1.0)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    config = {"label_space": {"problem_type": problem_type, "names": names}, "text_column_names": ["text"],
-              "text_column_delimiter": " ", "text_pair_column_name": None, "max_seq_length": 64,
-              "thresholds": None, **settings}
-    (out / "seqcls.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    write_settings(out, ModelSettings(label_space=LabelSpace(problem_type, tuple(names)), max_seq_length=64,
+                                      **settings))
     return out
 
 
@@ -60,7 +59,7 @@ def built(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
         "single": build_classifier(tiny_model_dir, root / "single", SINGLE, ["中立", "消极", "积极"]),
         # thresholds: `always` is chosen whatever its probability, `never` never is
         "multi": build_classifier(tiny_model_dir, root / "multi", MULTI, ["always", "never", "maybe"],
-                                  thresholds=[0.0, 1.01, 0.5]),
+                                  thresholds=(0.0, 1.0, 0.5)),
         "regression": build_classifier(tiny_model_dir, root / "regression", REGRESSION, [],
                                        text_pair_column_name="text_pair"),
     }
@@ -351,7 +350,7 @@ def test_unusable_model_or_input_is_one_line(tiny_model_dir, built, tmp_path, ca
     cases = [
         ([tmp_path / "nowhere", TEST_FILE], "model directory"),
         ([tmp_path, TEST_FILE], "not a model directory (no config.json)"),
-        ([tiny_model_dir, TEST_FILE], "weights missing for score.weight"),  # a base model: its head is random
+        ([tiny_model_dir, TEST_FILE], "has no trained classification head .score.weight is not in its weights"),  # a base model: its head is random
         ([built["single"], tmp_path / "missing.jsonl"], "does not exist"),
         ([built["regression"], TEST_FILE], "no column 'text_pair'"),
         ([built["single"], TEST_FILE, "-o", TEST_FILE], "is the input file"),

@@ -95,7 +95,7 @@ def test_model_card_names_labels_metrics_and_data(run):
 
 def test_model_card_reproduces_the_run_and_keeps_the_token_secret(run):
     card = (run / "README.md").read_text(encoding="utf-8")
-    command = card.split("```bash\n")[1].split("\n```")[0]
+    command = card.split("## Reproduce")[1].split("```bash\n")[1].split("\n```")[0]
     assert command.startswith("python ") and "base.yaml" in command and "--eval_steps 4" in command
     assert "--token '<redacted>'" in command
     for path in run.rglob("*"):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, run_cli, train_args
 from seqcls.errors import UsageError
-from seqcls.thresholds import best_threshold, check_thresholds, tune_thresholds
+from seqcls.thresholds import best_threshold, tune_thresholds
 
 
 def test_best_threshold_by_hand():
@@ -29,12 +29,6 @@ def test_best_threshold_never_cuts_between_equal_probabilities():
 def test_label_without_positives_keeps_half():
     assert best_threshold(np.array([0.7, 0.2]), np.array([0, 0])) == (0.5, 0.0)
     assert tune_thresholds(np.array([[0.7, 0.9], [0.2, 0.1]]), np.array([[0, 1], [0, 0]])) == [0.5, 0.5]
-
-
-def test_saved_thresholds_are_checked():
-    assert check_thresholds([0.1, 1], 2, "x") == [0.1, 1.0]
-    with pytest.raises(UsageError, match="2 numbers between 0 and 1"):
-        check_thresholds([0.1, 1.5], 2, "seqcls.json")
 
 
 def decided(row, thresholds, names):
