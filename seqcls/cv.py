@@ -4,7 +4,7 @@
 
     python -m seqcls.cv split   --cv_dir runs/cv --k 5 -- CONFIG [options]   # CV_DIR/data/fold<i>/{train,heldout}.jsonl
     python -m seqcls.cv collect --cv_dir runs/cv                             # after the fold runs
-    python -m seqcls.cv predict --cv_dir runs/cv INPUT.jsonl -o OUT.jsonl    # the k fold models, averaged
+    python -m seqcls.cv predict --cv_dir runs/cv INPUT.jsonl -o OUT.jsonl    # the k fold models averaged
 
 Each fold is one run of the same recipe (run_classification.py) on the other folds' rows, with its own fold as
 `--test_file`, so its `predict_results.jsonl` holds out-of-fold probabilities. `collect` puts them back in input
@@ -436,7 +436,7 @@ def _predict_cli(args: argparse.Namespace) -> int:
     first = Classifier.from_pretrained(dirs[0], device=args.device)
     cols = first.columns
     with _stream_input(args.input) as stream:
-        cols, rows = read_rows(stream, args.input, "auto", cols, cols.id)
+        cols, rows = read_rows(stream, args.input, "auto", cols, args.id_column)
         rows = list(rows)
     bad = [r for r in rows if not hasattr(r, "values")]
     if bad:
@@ -444,7 +444,7 @@ def _predict_cli(args: argparse.Namespace) -> int:
     texts = [cols.delimiter.join(str(r.values[c]) for c in cols.text) for r in rows]
     pairs = [str(r.values[cols.pair]) for r in rows] if cols.pair else None
     results = predict_ensemble(dirs, texts, pairs, batch_size=args.batch_size, device=args.device)
-    ids = [r.values.get(cols.id, r.index) if cols.id else r.index for r in rows]
+    ids = [r.values[args.id_column] if args.id_column else r.index for r in rows]
     write_jsonl(args.output, ({"id": i, **res} for i, res in zip(ids, results)))
     print(f"{len(results)} predictions of the {len(dirs)} fold models averaged: {args.output}")
     return 0
@@ -470,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--device", default=None)
+    p.add_argument("--id_column", default=None, help="Column copied as `id` (default: the row index), as in "
+                   "seqcls-predict.")
     return parser
 
 

@@ -153,7 +153,7 @@ def test_fold_ensemble_averages_fold_probabilities(cv_run):
     # the CLI: same rows, ids from the id column
     inp = write_jsonl(cv_run["dir"].parent / "new.jsonl", [{"text": t, "uid": f"n{i}"} for i, t in enumerate(texts)])
     out = cv_run["dir"].parent / "ens.jsonl"
-    assert cv.cli(["predict", "--cv_dir", str(cv_run["dir"]), str(inp), "-o", str(out)]) == 0
+    assert cv.cli(["predict", "--cv_dir", str(cv_run["dir"]), str(inp), "-o", str(out), "--id_column", "uid"]) == 0
     rows = read_jsonl(out)
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"] and [r["label"] for r in rows] == [r["label"] for r in ensemble]
 
