@@ -113,8 +113,14 @@ def _load_train(data_args):
 
     from .data import Columns, cut, load_raw_datasets
 
-    if not data_args.train_file and not data_args.dataset_name:
+    if data_args.dataset_name:  # the fold runs' --train_file would be ignored next to a dataset_name
+        raise UsageError(f"dataset_name {data_args.dataset_name!r}: cross-validation splits a train_file; save the "
+                         "train split as JSON lines and give it as train_file")
+    if not data_args.train_file:
         raise UsageError("cross-validation needs training data: give train_file in the config or --train_file")
+    if data_args.validation_file and Path(data_args.validation_file).suffix.lower() not in (".jsonl", ".json"):
+        raise UsageError(f"validation_file {data_args.validation_file}: the fold files are JSON lines and a run "
+                         "reads one format; give the validation data as .jsonl")
     if data_args.max_predict_samples is not None:
         raise UsageError("max_predict_samples would cut the held-out folds; remove it for cross-validation")
     only_train = copy.copy(data_args)
@@ -134,8 +140,9 @@ def _load_train(data_args):
     return train, sources["train"], cols
 
 
-def _settings(k: int, seed: int, recipe: list[str], n_rows: int) -> dict[str, Any]:
-    return {"k": k, "seed": seed, "recipe": list(recipe), "train_rows": n_rows}
+def _settings(k: int, seed: int, recipe: list[str], n_rows: int, digest: str) -> dict[str, Any]:
+    # the rows' digest: an edited training file under the same options must not mix with the folds run before
+    return {"k": k, "seed": seed, "recipe": list(recipe), "train_rows": n_rows, "train_sha256": digest}
 
 
 def check_same_cv(cv_dir: Path, settings: dict[str, Any]) -> None:
@@ -151,8 +158,8 @@ def check_same_cv(cv_dir: Path, settings: dict[str, Any]) -> None:
         raise UsageError(f"{file}: unreadable ({e}); delete {cv_dir} or give another CV_DIR") from None
     differ = [key for key in settings if before.get(key) != settings[key]]
     if differ:
-        what = ", ".join(f"{key} {before.get(key)!r} -> {settings[key]!r}" if key != "recipe" else "the recipe options"
-                         for key in differ)
+        named = {"recipe": "the recipe options", "train_sha256": "the training rows"}
+        what = ", ".join(named.get(key) or f"{key} {before.get(key)!r} -> {settings[key]!r}" for key in differ)
         raise UsageError(f"{cv_dir} holds another cross-validation ({what}); give another CV_DIR, or delete it to "
                          "start over")
 
@@ -168,10 +175,13 @@ def split(cv_dir: str | Path, k: int, recipe: list[str], seed: int = 42) -> list
     label_space = build_label_space(labels, data_args.problem_type, data_args.class_names, data_args.do_regression,
                                     where=source.name)
     folds = assign_folds(labels, label_space, k, seed, where=source.name)
-    settings = _settings(k, seed, recipe, len(train))
+    rows = [{**row, ROW: i} for i, row in enumerate(train)]
+    import hashlib
+
+    digest = hashlib.sha256("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows).encode())
+    settings = _settings(k, seed, recipe, len(train), digest.hexdigest())
     check_same_cv(cv_dir, settings)
 
-    rows = [{**row, ROW: i} for i, row in enumerate(train)]
     dirs = []
     for f in range(k):
         d = cv_dir / DATA / fold_name(f)

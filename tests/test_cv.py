@@ -136,6 +136,13 @@ def test_other_options_in_same_cv_dir_refused(cv_run):
         cv.split(cv_run["dir"], 2, cv_run["args"])
     with pytest.raises(UsageError, match="the recipe options"):
         cv.split(cv_run["dir"], 3, cv_run["args"] + ["--learning_rate", "1e-3"])
+    original = cv_run["train"].read_text(encoding="utf-8")
+    try:  # the same options over an edited training file
+        cv_run["train"].write_text(original.replace('"label": "banana"', '"label": "apple"', 1), encoding="utf-8")
+        with pytest.raises(UsageError, match="the training rows"):
+            cv.split(cv_run["dir"], 3, cv_run["args"])
+    finally:
+        cv_run["train"].write_text(original, encoding="utf-8")
     assert sorted(p.name for p in cv_run["dir"].iterdir()) == before
 
 
@@ -173,6 +180,12 @@ def test_bad_k_and_missing_labels_write_nothing(tiny_model_dir, tmp_path):
     unlabelled = write_jsonl(tmp_path / "unlabelled.jsonl", [{"text": r["text"]} for r in clear_cut_rows()])
     with pytest.raises(UsageError, match="label"):
         cv.split(cv_dir, 3, recipe(tiny_model_dir, unlabelled))
+    (tmp_path / "val.csv").write_text("text,label\n苹果,apple\n香蕉,banana\n", encoding="utf-8")
+    csv_validation = args + ["--validation_file", str(tmp_path / "val.csv")]
+    with pytest.raises(UsageError, match="fold files are JSON lines"):
+        cv.split(cv_dir, 3, csv_validation)
+    with pytest.raises(UsageError, match="max_predict_samples"):
+        cv.split(cv_dir, 3, args + ["--max_predict_samples", "5"])
     assert not cv_dir.exists()
     # the shell script: one line, exit 2, nothing written
     done = run_cv(cv_dir, args, k=1)
