@@ -160,7 +160,6 @@ def main(argv: list[str] | None = None) -> dict:
     figures: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                      "load_start": os.getloadavg(), "variants": {}}
     for i, variant in enumerate(variants):
-        t0 = time.perf_counter()
         served = train(variant, model_dir, test_file, work, args.max_seq_length)
         results_file = (work / variant if variant == "merged" else served) / "predict_results.jsonl"
         settings = read_run_settings(served)
