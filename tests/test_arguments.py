@@ -53,6 +53,27 @@ def test_unknown_cli_option_is_an_error():
         parse_args(BASE + ["--no_such_option", "1"])
 
 
+def test_typo_suggests_the_nearest_option():
+    with pytest.raises(UsageError, match=r"unknown option --learnin_rate \(did you mean --learning_rate\?\)"):
+        parse_args(BASE + ["--learnin_rate", "1e-3"])
+
+
+def test_config_typo_suggests_the_nearest_key(tmp_path):
+    cfg = write(tmp_path, "model_name_or_path: m
+train_file: t.jsonl
+output_dir: o
+num_train_epoch: 1
+")
+    with pytest.raises(UsageError, match=r"num_train_epoch \(did you mean num_train_epochs\?\)"):
+        parse_args([cfg])
+
+
+def test_abbreviations_are_not_taken_for_another_option():
+    """argparse would read --max_seq_len as --max_seq_length: a prefix must not silently set another option."""
+    with pytest.raises(UsageError, match="did you mean --max_seq_length"):
+        parse_args(BASE + ["--max_seq_len", "64"])
+
+
 def test_negative_batch_size_is_an_error():
     with pytest.raises(UsageError, match="per_device_train_batch_size must be at least 1"):
         parse_args(BASE + ["--per_device_train_batch_size", "-4"])
