@@ -59,11 +59,7 @@ def test_typo_suggests_the_nearest_option():
 
 
 def test_config_typo_suggests_the_nearest_key(tmp_path):
-    cfg = write(tmp_path, "model_name_or_path: m
-train_file: t.jsonl
-output_dir: o
-num_train_epoch: 1
-")
+    cfg = write(tmp_path, "model_name_or_path: m\ntrain_file: t.jsonl\noutput_dir: o\nnum_train_epoch: 1\n")
     with pytest.raises(UsageError, match=r"num_train_epoch \(did you mean num_train_epochs\?\)"):
         parse_args([cfg])
 
