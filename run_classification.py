@@ -8,10 +8,7 @@ See README.md for the options; `--help` lists them all.
 """
 import sys
 
+from seqcls.train import cli
+
 if __name__ == "__main__":
-    from seqcls.arguments import print_help_if_asked
-
-    print_help_if_asked(sys.argv[1:])  # --help without importing the training stack (Trainer, datasets, ...)
-    from seqcls.train import cli
-
     sys.exit(cli())

@@ -1,5 +1,6 @@
-"""Start-up time: `run_classification.py --help` as shipped (answers --help after importing seqcls.arguments only)
-against the same help through `seqcls.train.cli` (imports the whole training stack first), and `import seqcls.train`.
+"""Start-up time: `run_classification.py --help`, the same help built from seqcls.arguments alone (the floor without
+the training stack: TrainingArguments pulls in torch and, through transformers.trainer_utils, peft), `import
+seqcls.train`, and `import torch, transformers, datasets` as the reference.
 
     python benchmarks/startup.py --repeats 3
 
@@ -18,8 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
-    "help (run_classification.py --help)": [str(ROOT / "run_classification.py"), "--help"],
-    "help through seqcls.train.cli (baseline)": ["-c", "from seqcls.train import cli; cli(['--help'])"],
+    "run_classification.py --help (baseline)": [str(ROOT / "run_classification.py"), "--help"],
+    "help from seqcls.arguments only": ["-c", "from seqcls.arguments import make_parser; make_parser().format_help()"],
     "import seqcls.train": ["-c", "import seqcls.train"],
     "import torch, transformers, datasets": ["-c", "import torch, transformers, datasets"],
 }
@@ -45,7 +46,7 @@ def main() -> None:
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotated order
             results[name].append(timed(ARMS[name]))
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, {args.repeats} runs each, median")
-    base = statistics.median(w for w, _ in results[names[1]])
+    base = statistics.median(w for w, _ in results[names[0]])
     for name in names:
         wall = statistics.median(w for w, _ in results[name])
         cpu = statistics.median(c for _, c in results[name])

@@ -463,13 +463,6 @@ def refuse_or_suggest(name: str, known, where: str) -> UsageError:
     return UsageError(f"{where}: unknown option --{name}{nearest(key, known)} (see --help)")
 
 
-def print_help_if_asked(argv: list[str]) -> None:
-    """`-h`/`--help`: print the grouped help and exit 0, before anything else is imported or read."""
-    if any(a in ("-h", "--help") for a in argv):
-        make_parser().print_help()
-        raise SystemExit(0)
-
-
 def read_config_file(path: str) -> dict[str, Any]:
     """Read a flat YAML or JSON config file (YAML with a safe loader)."""
     p = Path(path)
