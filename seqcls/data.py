@@ -259,7 +259,7 @@ def load_raw_datasets(data_args, cache_dir: str | None = None, token: str | None
             data_args.validation_split_name or "validation": "validation",
             data_args.test_split_name or "test": "test",
         }
-        removed = [s.strip() for s in (data_args.remove_splits or "").split(",") if s.strip()]
+        removed = [s.strip() for s in (getattr(data_args, "remove_splits", None) or "").split(",") if s.strip()]
         for name in [*removed, *(n for n in renames if n not in ("train", "validation", "test"))]:
             if name not in raw:
                 raise UsageError(f"dataset {data_args.dataset_name!r} has no split {name!r}; its splits: "
@@ -285,7 +285,8 @@ def load_raw_datasets(data_args, cache_dir: str | None = None, token: str | None
         except Exception as e:  # pyarrow/pandas parse errors come in many types
             raise UsageError(f"{', '.join(files.values())}: could not be read: {str(e).splitlines()[0]}") from None
 
-    dropped = [c.strip() for c in (data_args.remove_columns or "").split(",") if c.strip()]
+    # getattr: callers that build their own namespace (older tests, scripts) need not know these two options
+    dropped = [c.strip() for c in (getattr(data_args, "remove_columns", None) or "").split(",") if c.strip()]
     missing = [c for c in dropped if not any(c in ds.column_names for ds in raw.values())]
     if missing:
         raise UsageError(f"--remove_columns {', '.join(missing)}: no such column in any split; columns: "
