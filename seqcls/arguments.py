@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +27,26 @@ import yaml
 from .errors import UsageError
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+logger = logging.getLogger("seqcls")
+
+# Options of the official run_classification.py (or of older transformers) that cannot mean anything here:
+# the reason and what to use instead. Every other official option is accepted with its meaning.
+REFUSED = {
+    "use_auth_token": "was replaced by --token in transformers; give --token or set HF_TOKEN",
+    "evaluation_strategy": "was renamed --eval_strategy in transformers 4.41 and removed in 5; use --eval_strategy",
+    "no_cuda": "was replaced by --use_cpu in transformers; use --use_cpu true",
+    "use_mps_device": "was removed from transformers (Apple GPUs are used automatically); leave it out",
+    "push_to_hub_token": "was removed from transformers; set HF_TOKEN (or `hf auth login`)",
+    "per_gpu_train_batch_size": "was removed from transformers; use --per_device_train_batch_size",
+    "per_gpu_eval_batch_size": "was removed from transformers; use --per_device_eval_batch_size",
+    "fp16_backend": "was removed from transformers (amp is used); leave it out",
+    "group_by_length": "is --train_sampling_strategy group_by_length in transformers 5",
+    "logging_dir": "was removed from transformers 5; logs go to output_dir (TensorBoard: report_to tensorboard)",
+    "task_name": "belongs to run_glue.py (GLUE tasks); give --train_file/--validation_file or --dataset_name",
+}
+
+
+EVAL_BATCH_SIZE = 32
 
 
 @dataclass
@@ -135,9 +157,22 @@ class DataTrainingArguments:
     train_file: str | None = field(default=None, metadata={"help": "Training data: .jsonl, .json, .csv or .parquet."})
     validation_file: str | None = field(default=None, metadata={"help": "Validation data, same formats."})
     test_file: str | None = field(default=None, metadata={"help": "Test data to predict on, same formats."})
-    train_split_name: str = field(default="train", metadata={"help": "Train split name for a Hub dataset."})
-    validation_split_name: str = field(default="validation", metadata={"help": "Validation split name (Hub)."})
-    test_split_name: str = field(default="test", metadata={"help": "Test split name (Hub)."})
+    train_split_name: str | None = field(
+        default=None, metadata={"help": "The --dataset_name split to train on. Default: train."})
+    validation_split_name: str | None = field(
+        default=None, metadata={"help": "The --dataset_name split to evaluate on. Default: validation."})
+    test_split_name: str | None = field(
+        default=None, metadata={"help": "The --dataset_name split to predict on. Default: test."})
+    remove_splits: str | None = field(
+        default=None,
+        metadata={"help": "Splits of --dataset_name to drop, separated by commas (e.g. unused). Splits other than "
+                          "train/validation/test (or the *_split_name ones) are never used anyway."},
+    )
+    remove_columns: str | None = field(
+        default=None,
+        metadata={"help": "Columns to drop from every split, separated by commas (only columns that no option "
+                          "names: columns not named as text, label or id are never read anyway)."},
+    )
     validation_split_percentage: float | None = field(
         default=None,
         metadata={
@@ -147,7 +182,9 @@ class DataTrainingArguments:
     )
     text_column_names: str = field(
         default="text",
-        metadata={"help": "Text column, or several separated by commas (joined with --text_column_delimiter)."},
+        metadata={"help": "Text column, or several separated by commas (joined with --text_column_delimiter). "
+                          "Default: text (the official script's: sentence).",
+                  "aliases": ["--text_column_name"]},  # the official README's spelling (an argparse abbreviation)
     )
     text_column_delimiter: str = field(default=" ", metadata={"help": "Joins several text columns."})
     text_pair_column_name: str | None = field(
@@ -192,7 +229,10 @@ class DataTrainingArguments:
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the cache."})
     metric_name: str | None = field(
         default=None,
-        metadata={"help": "An extra `evaluate` metric (needs the evaluate package and its metric offline)."},
+        metadata={"help": "A metric to report besides the built-in ones. Built-in, no download: accuracy, f1 (micro "
+                          "for multi-label, binary for two classes, as the official script), macro_f1, weighted_f1, "
+                          "micro_f1, subset_accuracy, mse, mae, pearson(r), spearman(r). Any other name is an "
+                          "`evaluate` metric (needs the evaluate package and the metric offline; checked at start)."},
     )
 
 
@@ -200,6 +240,17 @@ class DataTrainingArguments:
 class TrainingArguments(transformers.TrainingArguments):
     """transformers.TrainingArguments, plus what a classification run needs."""
 
+    logging_steps: float = field(
+        default=0.02,
+        metadata={"help": "Log the training loss every N steps, or every this fraction of the run when below 1. "
+                          "Default 0.02: about 50 points a run, however short (transformers' default: 500)."},
+    )
+    per_device_eval_batch_size: int = field(
+        default=EVAL_BATCH_SIZE,
+        metadata={"help": f"Rows per evaluation/prediction batch on each device. Default {EVAL_BATCH_SIZE} "
+                          "(transformers': 8): rows are sorted by length, so bigger batches waste little padding; "
+                          "see benchmarks/RESULTS.md."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start afresh in an output_dir that already holds a finished run or checkpoints."},
@@ -295,8 +346,99 @@ def default_bf16(use_cpu: bool, fp16: bool) -> bool:
 DATACLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
 
 
+# --help: the recipe's own options first, by section, then the Trainer's (transformers.TrainingArguments)
+SECTIONS = {
+    "Model": ["model_name_or_path", "config_name", "tokenizer_name", "cache_dir", "use_fast_tokenizer",
+              "model_revision", "token", "trust_remote_code", "use_safetensors", "ignore_mismatched_sizes",
+              "torch_dtype", "attn_implementation", "padding_side", "pad_token", "truncation_side", "append_eos",
+              "cls_token"],
+    "Data": ["train_file", "validation_file", "test_file", "dataset_name", "dataset_config_name", "train_split_name",
+             "validation_split_name", "test_split_name", "remove_splits", "remove_columns",
+             "validation_split_percentage", "text_column_names", "text_column_delimiter", "text_pair_column_name",
+             "id_column", "max_seq_length", "pad_to_max_length", "max_train_samples", "max_eval_samples",
+             "max_predict_samples", "shuffle_train_dataset", "shuffle_seed", "preprocessing_num_workers",
+             "overwrite_cache"],
+    "Labels, loss and metrics": ["label_column_name", "class_names", "problem_type", "do_regression", "class_weights",
+                                 "focal_gamma", "tune_thresholds", "metric_name"],
+    "Speed": ["train_sampling_strategy", "sort_eval_by_length", "max_tokens_per_batch", "packing",
+              "freeze_embeddings", "bf16", "per_device_eval_batch_size"],
+    "LoRA / QLoRA": ["use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit"],
+    "Outputs": ["output_dir", "overwrite_output_dir", "logging_steps"],
+}
+USAGE = ("run_classification.py [CONFIG.yaml] --model_name_or_path MODEL --output_dir DIR [--train_file FILE] "
+         "[--do_train] [--do_eval] [--do_predict] [--option VALUE ...]")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """One name per option (not --learning_rate and --learning-rate), its value's form once, the default after."""
+
+    def __init__(self, prog: str) -> None:
+        import shutil
+
+        super().__init__(prog, max_help_position=34, width=min(shutil.get_terminal_size().columns, 120))
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.dest == "help":
+            return super()._format_action_invocation(action)
+        name = action.option_strings[0]
+        if action.nargs == 0:
+            return name
+        if action.choices is not None and len(action.choices) <= 8:
+            value = "{" + ",".join(str(c) for c in action.choices) + "}"
+        else:
+            kind = getattr(action.type, "__name__", "")
+            value = {"str": "TEXT", "int": "INT", "float": "NUMBER", "string_to_bool": "BOOL"}.get(kind, "VALUE")
+        if action.nargs in ("+", "*"):
+            value += " ..."
+        elif action.nargs == "?":
+            value = f"[{value}]"
+        return f"{name} {value}"
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text or "Default" in text:
+            return text
+        if isinstance(action, argparse._StoreFalseAction):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class ArgumentParser(transformers.HfArgumentParser):
-    """HfArgumentParser whose errors are `UsageError`s (one line, exit 2) instead of argparse's usage dump."""
+    """HfArgumentParser whose errors are `UsageError`s (one line, exit 2) instead of argparse's usage dump, without
+    abbreviations (`--max_seq_len` is not silently `--max_seq_length`), and with a --help grouped by section."""
+
+    def __init__(self, dataclass_types=DATACLASSES, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("usage", USAGE)
+        kwargs.setdefault("description", "Fine-tune a decoder LLM as a text classifier. A YAML/JSON config file "
+                                         "(first argument) sets options; --option value after it overrides them.")
+        kwargs.setdefault("epilog", "README.md explains the options and their defaults.")
+        super().__init__(dataclass_types, **kwargs)
+        self._group_by_section()
+
+    def _group_by_section(self) -> None:
+        by_dest: dict[str, list[argparse.Action]] = {}
+        for action in self._actions:
+            by_dest.setdefault(action.dest, []).append(action)
+        default_group = self._optionals
+        for actions in by_dest.values():  # --no_x: one line for x says it
+            for negation in (a for a in actions[1:] if isinstance(a, argparse._StoreFalseAction)):
+                negation.help = argparse.SUPPRESS
+                actions[0].help = f"{actions[0].help or ''} {negation.option_strings[0]} sets it false.".strip()
+        groups = []
+        placed = {"help"}
+        for title, dests in SECTIONS.items():
+            group = argparse._ArgumentGroup(self, title)
+            for dest in dests:
+                for action in by_dest.get(dest, []):
+                    group._group_actions.append(action)
+                    placed.add(dest)
+            groups.append(group)
+        trainer = argparse._ArgumentGroup(self, "Trainer options (transformers.TrainingArguments)")
+        trainer._group_actions = [a for a in default_group._group_actions if a.dest not in placed]
+        default_group._group_actions = [a for a in default_group._group_actions if a.dest == "help"]
+        self._action_groups = [default_group, *groups, trainer]
 
     def error(self, message: str) -> None:  # argparse calls this for every command-line mistake
         message = re.sub(r"(--\w+)/--[\w-]+", r"\1", message)  # "--learning_rate/--learning-rate": name it once
@@ -305,6 +447,20 @@ class ArgumentParser(transformers.HfArgumentParser):
 
 def make_parser(dataclass_types=DATACLASSES) -> ArgumentParser:
     return ArgumentParser(dataclass_types)
+
+
+def nearest(name: str, known) -> str:
+    """ ' (did you mean --x?)' for the closest known option name, or '' (difflib, as git and pip do)."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean --{match[0]}?)" if match else ""
+
+
+def refuse_or_suggest(name: str, known, where: str) -> UsageError:
+    """The error for an unknown option `name` (without dashes)."""
+    key = name.replace("-", "_")
+    if key in REFUSED:
+        return UsageError(f"{where}: --{name} {REFUSED[key]}")
+    return UsageError(f"{where}: unknown option --{name}{nearest(key, known)} (see --help)")
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -372,7 +528,10 @@ def parse_args(argv: list[str] | None = None, dataclass_types=DATACLASSES) -> tu
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(dataclass_types)
+    actions = {a.dest: a for a in parser._actions}
+    known = [d for d in actions if d != "help"]
     config: dict[str, Any] = {}
+    given: set[str] = set()  # the options the user set (file or command line), to tell them from defaults
     if argv and not argv[0].startswith("-"):
         if not argv[0].endswith(CONFIG_SUFFIXES):
             raise UsageError(
@@ -381,18 +540,26 @@ def parse_args(argv: list[str] | None = None, dataclass_types=DATACLASSES) -> tu
             )
         config_path = argv.pop(0)
         config = read_config_file(config_path)
-        actions = {a.dest: a for a in parser._actions}
         unknown = sorted(k for k in config if k not in actions or k == "help")
+        refused = [k for k in unknown if k in REFUSED]
+        if refused:
+            raise UsageError(f"{config_path}: {refused[0]} {REFUSED[refused[0]]}")
         if unknown:
+            listed = ", ".join(k + nearest(k, known).replace("--", "") for k in unknown)
             raise UsageError(
-                f"{config_path}: unknown key(s): {', '.join(unknown)} (see `python run_classification.py --help` "
-                "for the options)"
+                f"{config_path}: unknown key(s): {listed} (see `python run_classification.py --help` for the options)"
             )
         defaults = {k: _coerce(actions[k], k, v, config_path) for k, v in config.items()}
         parser.set_defaults(**defaults)
         for key in defaults:
             # a required option set in the file is no longer required on the command line
             actions[key].required = False
+        given.update(defaults)
+    for token in argv:
+        if token.startswith("--"):
+            action = parser._option_string_actions.get(token.split("=", 1)[0])
+            if action is not None:
+                given.add(action.dest)
     try:
         *outputs, remaining = parser.parse_args_into_dataclasses(
             args=argv, return_remaining_strings=True, look_for_args_file=False
@@ -401,13 +568,18 @@ def parse_args(argv: list[str] | None = None, dataclass_types=DATACLASSES) -> tu
         # __post_init__ checks of TrainingArguments (e.g. load_best_model_at_end without matching strategies)
         raise UsageError(f"invalid arguments: {str(e).strip().splitlines()[0]}") from None
     if remaining:
-        raise UsageError(f"command line: unknown option(s): {' '.join(remaining)} (see --help)")
-    validate(*outputs)
+        options = [r for r in remaining if r.startswith("-")]
+        if options:
+            raise refuse_or_suggest(options[0].lstrip("-").split("=", 1)[0], known, "command line")
+        raise UsageError(f"command line: unexpected value(s) {' '.join(remaining)}: each option takes one value "
+                         "unless its --help says more (see --help)")
+    validate(*outputs, given=given)
     return tuple(outputs)
 
 
-def validate(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments) -> None:
-    """Checks that transformers does not make, each a one-line UsageError."""
+def validate(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments,
+             given: set[str] | None = None) -> None:
+    """Checks that transformers does not make, each a one-line UsageError; `given`: the options the user set."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(training_args, name) < 1:
             raise UsageError(f"{name} must be at least 1, got {getattr(training_args, name)}; give a whole number "
@@ -445,10 +617,77 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
     if data_args.do_regression and data_args.problem_type not in (None, "regression"):
         raise UsageError(f"do_regression true contradicts problem_type {data_args.problem_type}")
     validate_finetuning(model_args, data_args, training_args)
+    check_combinations(model_args, data_args, training_args, given or set())
+    check_metric_name(data_args.metric_name)
     out = Path(training_args.output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output_dir {out} is a file; choose a directory path")
     check_writable(out)
+
+
+def check_combinations(model_args: ModelArguments, data_args: DataTrainingArguments,
+                       training_args: TrainingArguments, given: set[str]) -> None:
+    """Options that would do nothing in the combination given: an error where the user surely meant something
+    else, a warning where a config file may reasonably carry them."""
+    local = bool(data_args.train_file or data_args.validation_file or data_args.test_file)
+    if data_args.dataset_name and local:
+        raise UsageError("give either --dataset_name or --train_file/--validation_file/--test_file, not both")
+    hub_only = ["dataset_config_name", "train_split_name", "validation_split_name", "test_split_name",
+                "remove_splits"]
+    for name in hub_only:
+        if getattr(data_args, name) is not None and not data_args.dataset_name:
+            files = "local files are their own splits: --train_file, --validation_file, --test_file"
+            raise UsageError(f"--{name} applies to --dataset_name only; {files} (remove --{name})")
+    if data_args.validation_file and data_args.validation_split_percentage is not None:
+        raise UsageError("--validation_split_percentage holds out part of train only without --validation_file; "
+                         "remove one of them")
+    used = {*text_columns(data_args), data_args.label_column_name, data_args.id_column}
+    for column in split_list(data_args.remove_columns):
+        if column in used:
+            raise UsageError(f"--remove_columns {column}: that column is used (text, label or id column); "
+                             "remove it from --remove_columns")
+    warnings = []
+    if "text_column_delimiter" in given and len(text_columns(data_args)) < 2:
+        warnings.append("text_column_delimiter joins several text columns; with one column it does nothing")
+    if "shuffle_seed" in given and not data_args.shuffle_train_dataset:
+        warnings.append("shuffle_seed does nothing without --shuffle_train_dataset")
+    if data_args.test_file and not training_args.do_predict:
+        warnings.append(f"test_file {data_args.test_file} is not read without --do_predict")
+    if data_args.max_predict_samples is not None and not training_args.do_predict:
+        warnings.append("max_predict_samples does nothing without --do_predict")
+    if data_args.max_train_samples is not None and not training_args.do_train:
+        warnings.append("max_train_samples does nothing without --do_train")
+    lora = sorted(n for n in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules") if n in given)
+    if lora and not model_args.use_lora:
+        warnings.append(f"{', '.join(lora)} do(es) nothing without --use_lora true")
+    if "per_device_train_batch_size" in given and training_args.max_tokens_per_batch not in ("off", None) \
+            and str(training_args.max_tokens_per_batch) != "auto":
+        warnings.append("per_device_train_batch_size does nothing under a max_tokens_per_batch number")
+    for text in warnings:
+        logger.warning("option ignored: %s", text)
+
+
+def text_columns(data_args: DataTrainingArguments) -> list[str]:
+    """The text column names as a list (the option is one comma-separated string, or a list in a config)."""
+    names = data_args.text_column_names
+    return [c.strip() for c in (names if isinstance(names, list) else str(names).split(",")) if c.strip()] + (
+        [data_args.text_pair_column_name] if data_args.text_pair_column_name else [])
+
+
+def split_list(value: str | list[str] | None) -> list[str]:
+    """A comma-separated option (remove_splits, remove_columns) as a list."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [v.strip() for v in items if str(v).strip()]
+
+
+def check_metric_name(metric_name: str | None) -> None:
+    """A built-in metric needs nothing; another name must load from `evaluate` now, before data or model."""
+    from .metrics import is_builtin_metric, load_extra_metric
+
+    if metric_name and not is_builtin_metric(metric_name):
+        load_extra_metric(metric_name)
 
 
 def check_writable(out: Path) -> None:

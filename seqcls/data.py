@@ -255,11 +255,16 @@ def load_raw_datasets(data_args, cache_dir: str | None = None, token: str | None
         except Exception as e:  # the Hub or a local dataset script: many exception types
             raise UsageError(f"dataset {data_args.dataset_name!r} could not be loaded: {str(e).splitlines()[0]}") from None
         renames = {
-            data_args.train_split_name: "train",
-            data_args.validation_split_name: "validation",
-            data_args.test_split_name: "test",
+            data_args.train_split_name or "train": "train",
+            data_args.validation_split_name or "validation": "validation",
+            data_args.test_split_name or "test": "test",
         }
-        raw = datasets.DatasetDict({renames[k]: v for k, v in raw.items() if k in renames})
+        removed = [s.strip() for s in (getattr(data_args, "remove_splits", None) or "").split(",") if s.strip()]
+        for name in [*removed, *(n for n in renames if n not in ("train", "validation", "test"))]:
+            if name not in raw:
+                raise UsageError(f"dataset {data_args.dataset_name!r} has no split {name!r}; its splits: "
+                                 f"{', '.join(raw)}")
+        raw = datasets.DatasetDict({renames[k]: v for k, v in raw.items() if k in renames and k not in removed})
         for split in raw:
             sources[split] = Source(f"{data_args.dataset_name}[{split}]")
     else:
@@ -280,6 +285,14 @@ def load_raw_datasets(data_args, cache_dir: str | None = None, token: str | None
         except Exception as e:  # pyarrow/pandas parse errors come in many types
             raise UsageError(f"{', '.join(files.values())}: could not be read: {str(e).splitlines()[0]}") from None
 
+    # getattr: callers that build their own namespace (older tests, scripts) need not know these two options
+    dropped = [c.strip() for c in (getattr(data_args, "remove_columns", None) or "").split(",") if c.strip()]
+    missing = [c for c in dropped if not any(c in ds.column_names for ds in raw.values())]
+    if missing:
+        raise UsageError(f"--remove_columns {', '.join(missing)}: no such column in any split; columns: "
+                         f"{', '.join(sorted({c for ds in raw.values() for c in ds.column_names}))}")
+    for split in list(raw):
+        raw[split] = raw[split].remove_columns([c for c in dropped if c in raw[split].column_names])
     for split, ds in raw.items():
         check_columns(ds, cols, sources[split], need_label=split != "test")
 

@@ -63,9 +63,48 @@ def classification_metrics(label_space: LabelSpace, logits: np.ndarray, labels: 
     }
 
 
+# --metric_name values computed here, without `evaluate`: ours, and the official script's names for the same things
+BUILTIN_METRICS = {"accuracy", "macro_f1", "weighted_f1", "micro_f1", "subset_accuracy", "mse", "mae", "pearson",
+                   "spearman", "f1", "pearsonr", "spearmanr"}
+
+
+def is_builtin_metric(metric_name: str) -> bool:
+    return metric_name in BUILTIN_METRICS
+
+
+def builtin_metric(label_space: LabelSpace, metric_name: str, logits: np.ndarray, labels: np.ndarray,
+                   result: dict[str, float]) -> dict[str, float]:
+    """The official script's metric names that ours do not already report: f1 (micro for multi-label, binary for
+    two classes, as evaluate's f1 there), pearsonr and spearmanr."""
+    if metric_name in ("pearsonr", "spearmanr") and metric_name[:-1] in result:
+        return {metric_name: result[metric_name[:-1]]}
+    if metric_name == "f1":
+        if label_space.problem_type == MULTI:
+            return {"f1": result["micro_f1"]}
+        if label_space.problem_type == SINGLE and label_space.num_labels == 2:
+            from sklearn.metrics import f1_score
+
+            return {"f1": float(f1_score(labels, np.asarray(logits).argmax(-1), average="binary", zero_division=0))}
+    return {}
+
+
+def check_metric_for(label_space: LabelSpace, metric_name: str | None) -> None:
+    """A built-in --metric_name that this problem type does not compute is an error (before training)."""
+    if not metric_name or not is_builtin_metric(metric_name):
+        return
+    names = {SINGLE: {"accuracy", "macro_f1", "weighted_f1"}, MULTI: {"micro_f1", "macro_f1", "subset_accuracy", "f1"},
+             REGRESSION: {"mse", "mae", "pearson", "spearman", "pearsonr", "spearmanr"}}[label_space.problem_type]
+    if label_space.problem_type == SINGLE and label_space.num_labels == 2:
+        names = names | {"f1"}
+    if metric_name not in names:
+        hint = " (f1 is binary F1: for several classes use macro_f1 or weighted_f1)" if metric_name == "f1" else ""
+        raise UsageError(f"metric_name {metric_name!r} is not a metric of {label_space.problem_type}{hint}; "
+                         f"use one of: {', '.join(sorted(names))}")
+
+
 def load_extra_metric(metric_name: str | None):
     """An `evaluate` metric, for users who have the package and the metric offline. Never required."""
-    if not metric_name:
+    if not metric_name or is_builtin_metric(metric_name):
         return None
     try:
         import evaluate
@@ -83,12 +122,15 @@ def load_extra_metric(metric_name: str | None):
 def build_compute_metrics(label_space: LabelSpace, metric_name: str | None = None,
                           thresholds: Callable[[], Sequence[float] | None] | None = None):
     """The Trainer's `compute_metrics`: built-in metrics, plus the optional `evaluate` metric."""
+    check_metric_for(label_space, metric_name)
     extra = load_extra_metric(metric_name)
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         labels = eval_pred.label_ids
         result = classification_metrics(label_space, logits, labels, thresholds() if thresholds else None)
+        if metric_name and is_builtin_metric(metric_name):
+            result.update(builtin_metric(label_space, metric_name, logits, labels, result))
         if extra is not None:
             if label_space.problem_type == SINGLE:
                 preds = np.asarray(logits).argmax(-1)

@@ -464,8 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default), or skip it, listing it in --skipped_file.")
     p.add_argument("--skipped_file", help="With --on_error skip: JSONL of skipped rows (line, index, reason). "
                                           "Default: OUTPUT.skipped.jsonl, or skipped.jsonl without -o.")
+    p.add_argument("--max_skipped_share", type=float, default=MAX_SKIPPED_SHARE,
+                   help="With --on_error skip: exit with status 1 when more than this share of the rows was skipped "
+                        f"(default {MAX_SKIPPED_SHARE}), and always when every row was; the output is still written.")
     p.add_argument("--trust_remote_code", action="store_true", help="Run modelling code shipped with the model.")
     return p
+
+
+MAX_SKIPPED_SHARE = 0.1
+TOO_MANY_SKIPPED = 1  # exit status: the run finished, but its output lacks too many rows to be used as is
 
 
 def _stream_input(name: str):
@@ -615,6 +622,12 @@ def cli(argv: list[str] | None = None) -> int:
         return 0
     if counts["skipped"]:
         print(f"skipped {counts['skipped']} row(s): see {counts['skipped_file']}", file=sys.stderr)
+        total = counts["skipped"] + counts["predicted"]
+        if counts["predicted"] == 0 or counts["skipped"] > args.max_skipped_share * total:
+            print(f"error: {counts['skipped']} of {total} row(s) skipped ({counts['skipped'] / total:.0%}), more "
+                  f"than --max_skipped_share {args.max_skipped_share:g}: fix the rows in {counts['skipped_file']}, "
+                  "or raise --max_skipped_share", file=sys.stderr)
+            return TOO_MANY_SKIPPED
     if sys.stderr.isatty():
         rate = counts["predicted"] / counts["seconds"] if counts["seconds"] else 0.0
         where = args.output or "stdout"

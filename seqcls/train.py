@@ -24,7 +24,7 @@ from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .errors import UsageError
 from .labels import MULTI, build_label_space
 from .loss import ClassificationLoss, resolve_class_weights
-from .metrics import BEST_METRIC, build_compute_metrics, classification_metrics, sigmoid
+from .metrics import BEST_METRIC, build_compute_metrics, check_metric_for, classification_metrics, sigmoid
 from .model_dir import (ModelSettings, is_adapter_dir, local_dir, trained_settings, write_adapter_config,
                         write_settings)
 from .model_dir import load as load_trained
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             check_labels(raw[split], label_space, cols.label, sources[split])
     logger.info("label space: %s, %d label(s) %s", label_space.problem_type, label_space.num_labels,
                 list(label_space.names)[:20])
+    check_metric_for(label_space, data_args.metric_name)  # before the model loads
     if training_args.tune_thresholds and label_space.problem_type != MULTI:
         raise UsageError(f"tune_thresholds applies to multi-label data; this is {label_space.problem_type}")
     if training_args.tune_thresholds and "validation" not in raw:

@@ -185,7 +185,8 @@ CASES: dict[str, Case] = {
         files={"train.jsonl": TRAIN, "config.yaml": "model_name_or_path: {tiny}\ntrain_file: {d}/train.jsonl\n"
                "output_dir: {out}\nlearnin_rate: 1e-3\n"},
         args=["{d}/config.yaml"], base=False,
-        expect=["{d}/config.yaml: unknown key(s): learnin_rate (see `python run_classification.py --help`"]),
+        expect=["{d}/config.yaml: unknown key(s): learnin_rate (did you mean learning_rate?) (see `python "
+                "run_classification.py --help`"]),
     "config_wrong_type": Case(
         files={"train.jsonl": TRAIN, "config.yaml": "model_name_or_path: {tiny}\ntrain_file: {d}/train.jsonl\n"
                "output_dir: {out}\nlearning_rate: fast\n"},
@@ -200,7 +201,7 @@ CASES: dict[str, Case] = {
         expect=["command line: argument --learning_rate: invalid float value: 'fast' (see --help)"]),
     "cli_unknown_option": Case(
         files={"train.jsonl": TRAIN}, args=["--learnin_rate", "1e-3"],
-        expect=["command line: unknown option(s): --learnin_rate 1e-3 (see --help)"]),
+        expect=["command line: unknown option --learnin_rate (did you mean --learning_rate?) (see --help)"]),
     "negative_batch_size": Case(
         files={"train.jsonl": TRAIN}, args=["--per_device_train_batch_size", "-8"],
         expect=["per_device_train_batch_size must be at least 1, got -8; give a whole number of 1 or more"]),

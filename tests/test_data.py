@@ -13,7 +13,8 @@ COLS = Columns(text=["text"])
 def data_args(**kw):
     base = dict(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None, test_file=None,
                 text_column_names="text", text_column_delimiter=" ", text_pair_column_name=None,
-                label_column_name="label", id_column=None, validation_split_percentage=None)
+                label_column_name="label", id_column=None, validation_split_percentage=None, remove_columns=None,
+                remove_splits=None)
     base.update(kw)
     return SimpleNamespace(**base)
 

@@ -290,7 +290,8 @@ def test_skip_records_bad_rows_and_goes_on(built, tmp_path, capsys, cached_loads
     path = tmp_path / "in.txt"
     path.write_bytes(b"good one\n\nbad \xff byte\nlast one\n")
     out = tmp_path / "out.jsonl"
-    assert predict.cli([str(built["single"]), str(path), "-o", str(out), "--on_error", "skip"]) == 0
+    assert predict.cli([str(built["single"]), str(path), "-o", str(out), "--on_error", "skip",
+                        "--max_skipped_share", "0.5"]) == 0
     assert [r["id"] for r in read_jsonl(out)] == [0, 3]  # ids stay the input's row numbers
     skipped = read_jsonl(tmp_path / "out.jsonl.skipped.jsonl")
     assert [(s["line"], s["index"]) for s in skipped] == [(2, 1), (3, 2)]
@@ -299,11 +300,27 @@ def test_skip_records_bad_rows_and_goes_on(built, tmp_path, capsys, cached_loads
     # JSONL: blank lines are not rows; every other bad row is listed with its line
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_bytes(b"\n".join(line for line, _ in BAD_ROWS) + b'\n\n{"text": "ok"}\n')
-    assert predict.cli([str(built["single"]), str(jsonl), "-o", str(out), "--on_error", "skip"]) == 0
+    assert predict.cli([str(built["single"]), str(jsonl), "-o", str(out), "--on_error", "skip",
+                        "--max_skipped_share", "1"]) == 0
     assert [r["id"] for r in read_jsonl(out)] == [len(BAD_ROWS)]
     reasons = [s["reason"] for s in read_jsonl(tmp_path / "out.jsonl.skipped.jsonl")]
     assert len(reasons) == len(BAD_ROWS)
     assert all(got.startswith(reason) for got, (_, reason) in zip(reasons, BAD_ROWS)), reasons
+
+
+def test_too_many_skipped_rows_exit_non_zero(built, tmp_path, capsys, cached_loads):
+    """A run that skipped every row, or more than --max_skipped_share of them, must not look like a success."""
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"good one\n\nbad \xff byte\nlast one\n")  # 2 of 4 rows skipped
+    out = tmp_path / "out.jsonl"
+    assert predict.cli([str(built["single"]), str(path), "-o", str(out), "--on_error", "skip"]) == 1
+    assert "2 of 4 row(s) skipped (50%), more than --max_skipped_share 0.1" in capsys.readouterr().err
+    assert len(read_jsonl(out)) == 2  # what could be predicted is still written
+    every = tmp_path / "all_bad.txt"
+    every.write_bytes(b"\n\n")
+    assert predict.cli([str(built["single"]), str(every), "-o", str(out), "--on_error", "skip",
+                        "--max_skipped_share", "1"]) == 1
+    assert "2 of 2 row(s) skipped (100%)" in capsys.readouterr().err
 
 
 def test_interrupted_run_leaves_no_output(built, tmp_path, monkeypatch, capsys, cached_loads):
