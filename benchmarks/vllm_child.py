@@ -27,13 +27,24 @@ def offline(job: dict) -> dict:
     llm = LLM(model=job["model"], runner="pooling", max_model_len=job["max_model_len"], dtype="float32",
               seed=0, enforce_eager=True)
     t1 = time.perf_counter()
-    # truncation as in training: keep max_seq_length tokens, cut on the saved side (vLLM's pooling runner
-    # defaults to "right" whatever the tokenizer's saved truncation_side says, so it is passed explicitly)
-    outputs = llm.classify(job["texts"], use_tqdm=False, tokenization_kwargs={
-        "truncate_prompt_tokens": job["truncate_prompt_tokens"], "truncation_side": job["truncation_side"]})
+    outputs = llm.classify(job["texts"], use_tqdm=False, tokenization_kwargs=truncation(job))
     t2 = time.perf_counter()
     probs = np.asarray([o.outputs.probs for o in outputs], dtype=np.float64)
     return {"probs": probs.tolist(), "labels": None, "load_s": t1 - t0, "classify_s": t2 - t1}
+
+
+def truncation(job: dict) -> dict:
+    """Truncation as in training: keep max_seq_length tokens on the saved side, pooling marker last.
+
+    vLLM 0.32 loads the pooling runner's tokenizer with truncation_side "right" whatever the saved one says. Without
+    a `truncation_side` in the request it truncates inside the tokenizer (the post-processor then appends the marker
+    after the cut); with one, it encodes the whole text and slices the tokens, which on the right would cut the
+    marker off. So: right-truncated runs send no side, left-truncated ones send "left" (the kept tail ends in the
+    marker)."""
+    kwargs = {"truncate_prompt_tokens": job["truncate_prompt_tokens"]}
+    if job["truncation_side"] == "left":
+        kwargs["truncation_side"] = "left"
+    return kwargs
 
 
 def _get(url: str, timeout: float) -> int:
@@ -64,9 +75,7 @@ def server(job: dict) -> dict:
                 pass
             time.sleep(1)
         t1 = time.perf_counter()
-        body = json.dumps({"model": job["model"], "input": job["texts"],
-                           "truncate_prompt_tokens": job["truncate_prompt_tokens"],
-                           "truncation_side": job["truncation_side"]}).encode()
+        body = json.dumps({"model": job["model"], "input": job["texts"], **truncation(job)}).encode()
         request = urllib.request.Request(base + "/classify", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as r:  # one bounded request with every text
             answer = json.loads(r.read())

@@ -8,7 +8,8 @@ Runs in seqcls's venv. For each variant it trains a run directory on the embedde
 already in --work_dir) with `--do_predict` on data/example_test.jsonl plus a few texts longer than max_seq_length:
 
   plain    full fine-tune
-  marker   `--append_eos true` (training appends the pooling token; vLLM does not know it)
+  marker   `--append_eos true` (the saved tokenizer appends the pooling token itself)
+  marker_left  the same, with `--truncation_side left`
   merged   `--use_lora true`, then `seqcls-merge` (vLLM serves the merged directory)
 
 then runs benchmarks/vllm_child.py in the vLLM venv: offline `LLM(model=dir, runner="pooling").classify(texts)`
@@ -31,8 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("plain", "marker", "merged")
-TRAIN_OPTIONS = {"plain": [], "marker": ["--append_eos", "true"], "merged": ["--use_lora", "true"]}
+VARIANTS = ("plain", "marker", "marker_left", "merged")
+TRAIN_OPTIONS = {"plain": [], "marker": ["--append_eos", "true"],
+                 "marker_left": ["--append_eos", "true", "--truncation_side", "left"], "merged": ["--use_lora", "true"]}
 DEFAULT_VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 

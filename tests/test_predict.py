@@ -367,7 +367,7 @@ def test_unusable_model_or_input_is_one_line(tiny_model_dir, built, tmp_path, ca
     cases = [
         ([tmp_path / "nowhere", TEST_FILE], "model directory"),
         ([tmp_path, TEST_FILE], "not a model directory (no config.json)"),
-        ([tiny_model_dir, TEST_FILE], "has no trained classification head .score.weight is not in its weights"),  # a base model: its head is random
+        ([tiny_model_dir, TEST_FILE], "has no trained classification head (score.weight is not in its weights)"),  # a base model: its head is random
         ([built["single"], tmp_path / "missing.jsonl"], "does not exist"),
         ([built["regression"], TEST_FILE], "no column 'text_pair'"),
         ([built["single"], TEST_FILE, "-o", TEST_FILE], "is the input file"),
