@@ -21,7 +21,8 @@ Where this would not be exact it is not used (`auto` falls back to dense with a 
 - fp16 (GradScaler), an optimizer other than torch's AdamW (`optim` adamw_torch or adamw_torch_fused), an
   embedding whose weight another module shares (tied output embeddings; a sequence-classification model keeps no
   LM head, so Qwen2's `tie_word_embeddings` ties nothing there) or with `max_norm` (renormalises rows in forward).
-LoRA and freeze_embeddings leave the embedding frozen: nothing to do.
+LoRA and freeze_embeddings leave the embedding frozen: nothing to do. On a GPU `auto` stays dense: the exactness
+is measured on the CPU, where index_add_ sums a row's entries in order (CUDA's uses atomics).
 """
 from __future__ import annotations
 
@@ -76,6 +77,11 @@ def plan_embedding_update(model: nn.Module, training_args) -> nn.Parameter | Non
             raise UsageError(f"embedding_update sparse would not equal dense AdamW here: {reason}; "
                              "use --embedding_update auto (or dense)")
         logger.info("embedding_update auto: dense, because %s", reason)
+        return None
+    if setting == "auto" and training_args.device.type != "cpu":
+        # measured bit-identical on CPU only; a GPU's index_add_ sums repeated rows with atomics, in no fixed order
+        logger.info("embedding_update auto: dense on %s (the sparse update is verified exact on CPU only; "
+                    "--embedding_update sparse to use it)", training_args.device.type)
         return None
     embedding.sparse = True
     # each backward's rows summed now, in the dense backward's order: accumulated micro-batches then add up as

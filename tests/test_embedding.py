@@ -93,7 +93,7 @@ def test_resume_continues_exactly(runs, tiny_model_dir, tmp_path, source):
 def arguments(**overrides) -> SimpleNamespace:
     """The TrainingArguments fields embedding_update reads (world_size is a property of the launch)."""
     values = dict(embedding_update="auto", weight_decay=0.0, optim="adamw_torch_fused", world_size=1, fsdp=None,
-                  deepspeed=None, fp16=False)
+                  deepspeed=None, fp16=False, device=torch.device("cpu"))
     return SimpleNamespace(**{**values, **overrides})
 
 
