@@ -327,6 +327,16 @@ class TrainingArguments(transformers.TrainingArguments):
         },
     )
 
+    embedding_update: str = field(
+        default="auto",
+        metadata={
+            "help": "How the input embedding is trained. sparse: gradients and AdamW steps only for the rows the "
+            "data has touched, exactly the dense result (weight decay 0, one process, torch AdamW); auto "
+            "(default): sparse where it is exact, else dense (the log says why); dense: every row every step.",
+            "choices": ["auto", "sparse", "dense"],
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = default_bf16(self.use_cpu, self.fp16)

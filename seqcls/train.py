@@ -21,6 +21,7 @@ from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_
 from .checkpoints import (GracefulStop, Interrupted, check_resumable, latest_complete_checkpoint,
                           set_aside_incomplete)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
+from .embedding import RowSparseAdamW, clip_grad_norm, plan_embedding_update
 from .errors import UsageError
 from .labels import MULTI, build_label_space
 from .loss import ClassificationLoss, resolve_class_weights
@@ -116,10 +117,29 @@ class ClassificationTrainer(Trainer):
     `train_data_collator`); evaluation always uses the ordinary padding collator.
     """
 
-    def __init__(self, *args, train_data_collator=None, max_tokens_per_batch: int | None = None, **kwargs):
+    def __init__(self, *args, train_data_collator=None, max_tokens_per_batch: int | None = None,
+                 sparse_embedding=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_data_collator = train_data_collator
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.sparse_embedding = sparse_embedding  # embedding_update sparse: its weight (seqcls/embedding.py)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.sparse_embedding is not None and not isinstance(optimizer, RowSparseAdamW):
+            self.optimizer = RowSparseAdamW.from_optimizer(optimizer, self.sparse_embedding)
+        return self.optimizer
+
+    def _clip_grad_norm(self, model):
+        if self.sparse_embedding is None:
+            return super()._clip_grad_norm(model)
+        self.accelerator.unscale_gradients()
+        return clip_grad_norm(model.parameters(), self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if self.sparse_embedding is None or grad_norm is not None:
+            return super()._get_grad_norm(model, grad_norm)
+        return clip_grad_norm(model.parameters(), float("inf"))
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
@@ -290,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 model_args.attn_implementation, max_length, tokenizer.padding_side, tokenizer.truncation_side, marker)
     if model_args.use_lora and training_args.do_train:
         model = apply_lora(model, model_args, checkpointing_on(training_args))
+    sparse_embedding = plan_embedding_update(model, training_args) if training_args.do_train else None
 
     # --- Tokenize (once: the main process first, the others read its cache) ----------------------------
     with training_args.main_process_first(desc="tokenizing"):
@@ -327,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         compute_metrics=build_compute_metrics(label_space, data_args.metric_name, thresholds=lambda: thresholds),
         compute_loss_func=loss,
         callbacks=[stopper],
+        sparse_embedding=sparse_embedding,
     )
     if training_args.do_train:  # decided once the Trainer has put the model on its device (packing is checked there)
         trainer.train_data_collator, trainer.max_tokens_per_batch = plan_training_batches(
