@@ -60,6 +60,7 @@ class ModelSettings:
     padding_side: str = "right"
     pooling_token: str | None = None
     thresholds: tuple[float, ...] | None = None  # multi-label only: one per label, in label order
+    export: dict[str, Any] | None = field(default=None, compare=False)  # seqcls-export: format, quantize, inputs, ...
     format: int = FORMAT
     seqcls_version: str | None = field(default=None, compare=False)
     source: str = field(default=SETTINGS_FILE, compare=False)  # where they were read from, for error messages
@@ -84,6 +85,7 @@ class ModelSettings:
             "padding_side": self.padding_side,
             "pooling_token": self.pooling_token,
             "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
+            **({"export": self.export} if self.export is not None else {}),
         }
 
     @classmethod
@@ -151,9 +153,12 @@ class ModelSettings:
                 raise bad("thresholds", f"must be {len(names)} numbers between 0 and 1 (one per label), got "
                                         f"{json.dumps(thresholds)[:80]}")
             thresholds = tuple(float(t) for t in thresholds)
+        export = saved.get("export")
+        if export is not None and not isinstance(export, dict):
+            raise bad("export", "must be an object (written by seqcls-export)")
         return cls(label_space=label_space, text_column_names=tuple(text), text_column_delimiter=delimiter,
                    text_pair_column_name=pair, max_seq_length=max_len, pooling_token=marker, thresholds=thresholds,
-                   format=fmt, seqcls_version=saved.get("seqcls_version"), source=where, **sides)
+                   format=fmt, seqcls_version=saved.get("seqcls_version"), source=where, export=export, **sides)
 
 
 def write_settings(out_dir: str | Path, settings: ModelSettings) -> None:

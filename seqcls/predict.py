@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 8192  # rows read, tokenized and sorted at a time: bounds memory on inputs of any size
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+ONNX_MODEL = "model.onnx"  # written by seqcls-export (seqcls.export)
+BACKENDS = ("auto", "torch", "onnx")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -58,13 +60,15 @@ class Classifier:
 
     def __init__(self, model, tokenizer, label_space: LabelSpace, *, max_length: int,
                  thresholds: Sequence[float] | None = None, columns: Columns | None = None):
-        self.model = model.eval()
+        """`model`: a torch sequence-classification model, or a backend (`TorchBackend`, `OnnxBackend`)."""
+        self.backend = model if isinstance(model, (TorchBackend, OnnxBackend)) else TorchBackend(model)
+        self.model = getattr(self.backend, "model", None)  # the torch model; None on ONNX Runtime
         self.tokenizer = tokenizer
         self.label_space = label_space
         self.max_length = max_length
         self.thresholds = list(thresholds) if thresholds is not None else None
         self.columns = columns or Columns(text=["text"])
-        config = model.config
+        config = self.backend.config
         if config.num_labels != label_space.num_labels:
             raise UsageError(
                 f"the model has {config.num_labels} outputs but its label space has {label_space.num_labels} "
@@ -75,29 +79,45 @@ class Classifier:
             config.pad_token_id = tokenizer.pad_token_id
         self.pad_values = {"input_ids": config.pad_token_id,
                            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}
-        self.mask_free = is_causal(model)
-        self.forward_kwargs = {"use_cache": False} if self.mask_free else {}
+        self.mask_free = self.backend.mask_free
 
     @property
-    def device(self) -> "torch.device":
-        return self.model.device
+    def device(self) -> "torch.device | str":
+        return self.backend.device
 
     @property
-    def dtype(self) -> "torch.dtype":
-        return self.model.dtype
+    def dtype(self) -> "torch.dtype | str":
+        return self.backend.dtype
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, device: str | None = None, dtype: str | None = None,
                         max_length: int | None = None, attn_implementation: str | None = "sdpa",
-                        trust_remote_code: bool = False) -> "Classifier":
+                        trust_remote_code: bool = False, backend: str | None = None,
+                        num_threads: int | None = None) -> "Classifier":
         """Load a model directory written by training (or any Hugging Face classifier directory, or a LoRA
         adapter directory whose base model is reachable).
 
         device: "cuda", "cpu", "cuda:1", ...; default CUDA when available, else CPU.
         dtype: "auto" (default: bfloat16 on a CUDA GPU that supports it, else float32), "float32", "bfloat16",
         "float16". max_length: truncation in tokens; default the one used in training (seqcls.json).
+        backend: "torch", or "onnx" (ONNX Runtime on CPU, a directory written by seqcls-export); default "onnx"
+        when the directory holds model.onnx, else "torch". num_threads: ONNX Runtime's intra-op threads.
         """
-        from .model_dir import load
+        from .model_dir import load, read_settings
+
+        path = Path(model_dir)
+        backend = backend or "auto"
+        if backend not in BACKENDS:
+            raise UsageError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if backend == "auto":
+            backend = "onnx" if (path / ONNX_MODEL).is_file() else "torch"
+        if backend == "onnx":
+            if not path.is_dir():
+                raise UsageError(f"model directory {model_dir} does not exist; give the output_dir of seqcls-export")
+            return cls._from_onnx(path, read_settings(path), device, dtype, max_length, num_threads,
+                                  trust_remote_code)
+        if (path / ONNX_MODEL).is_file() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise UsageError(f"{path} holds an ONNX model; load it with backend='onnx' (--backend onnx)")
 
         torch_device, torch_dtype = resolve_device_dtype(device, dtype)
         trained = load(model_dir, device=torch_device, dtype=torch_dtype, attn_implementation=attn_implementation,
@@ -108,6 +128,49 @@ class Classifier:
         logger.info("loaded %s: %s, %d label(s), max length %d, pooling token %r, %s on %s, mask-free %s", model_dir,
                     settings.label_space.problem_type, settings.label_space.num_labels, clf.max_length,
                     settings.pooling_token, torch_dtype, torch_device, clf.mask_free)
+        return clf
+
+    @classmethod
+    def _from_onnx(cls, path: Path, settings, device: str | None, dtype: str | None,
+                   max_length: int | None, num_threads: int | None, trust_remote_code: bool) -> "Classifier":
+        """A directory written by seqcls-export: model.onnx, config.json, the tokenizer and seqcls.json."""
+        from .model_dir import SETTINGS_FILE, load_tokenizer
+
+        if not (path / ONNX_MODEL).is_file():
+            raise UsageError(f"{path} holds no {ONNX_MODEL}; export it first: seqcls-export {path} OUT_DIR --format onnx")
+        if settings is None or not (path / "config.json").is_file():
+            missing = SETTINGS_FILE if settings is None else "config.json"
+            raise UsageError(f"{path} holds {ONNX_MODEL} but not its settings ({missing}); export the training run "
+                             "again with seqcls-export, which writes them beside the model")
+        if device not in (None, "cpu"):
+            raise UsageError(f"the ONNX backend runs on CPU; drop device {device!r} (or use the torch model)")
+        if dtype not in (None, "auto", "float32"):
+            raise UsageError(f"the ONNX model's precision is fixed at export; drop dtype {dtype!r} "
+                             "(seqcls-export --quantize int8 makes an int8 model)")
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise UsageError(f"{path} is an ONNX model; its backend needs onnxruntime: pip install 'seqcls[onnx]'") from None
+        from transformers import AutoConfig
+
+        from .modeling import max_length_for
+
+        try:
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except Exception as e:  # OSError, ValueError: an unreadable config.json
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"config of {path} could not be loaded ({first}); export the training run again with "
+                             "seqcls-export") from None
+        tokenizer = load_tokenizer(path, settings, trust_remote_code=trust_remote_code)
+        label_space = settings.label_space
+        quantized = (settings.export or {}).get("quantize") is not None
+        backend = OnnxBackend(path / ONNX_MODEL, config, num_threads, quantized=quantized)
+        requested = max_length if max_length is not None else settings.max_seq_length
+        clf = cls(backend, tokenizer, label_space,
+                  max_length=max_length_for(tokenizer, SimpleNamespace(config=config), requested),
+                  thresholds=settings.thresholds, columns=settings.columns)
+        logger.info("loaded %s: %s, %d label(s), max length %d, ONNX Runtime %s, mask-free %s", path,
+                    label_space.problem_type, label_space.num_labels, clf.max_length, backend.dtype, clf.mask_free)
         return clf
 
     def predict(self, texts: str | Iterable[str], text_pairs: str | Iterable[str] | None = None, *,
@@ -143,27 +206,21 @@ class Classifier:
 
     def _forward_sorted(self, encoded, batch_size: int, on_batch: Callable[[int], None] | None) -> np.ndarray:
         """Forward batches of texts sorted by token length (longest first: an out-of-memory shows at once)."""
-        import torch
-
-        keys = [k for k in encoded.keys() if not (self.mask_free and k == "attention_mask")]
+        keys = [k for k in encoded.keys() if k in self.backend.input_names]
         lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64,
                               count=len(encoded["input_ids"]))
         order = np.argsort(-lengths, kind="stable")
         logits = np.empty((len(lengths), self.label_space.num_labels), dtype=np.float32)
-        with torch.inference_mode():
+        with self.backend.session():
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
-                batch = self._pad(encoded, keys, rows, int(lengths[rows[0]]))
-                output = self.model(**batch, **self.forward_kwargs)
-                logits[rows] = output.logits.float().cpu().numpy()
+                logits[rows] = self.backend.forward(self._pad(encoded, keys, rows, int(lengths[rows[0]])))
                 if on_batch is not None:
                     on_batch(len(rows))
         return logits
 
-    def _pad(self, encoded, keys: list[str], rows: np.ndarray, width: int) -> dict[str, "torch.Tensor"]:
-        """Pad on the right to the longest row of the batch, straight into tensors."""
-        import torch
-
+    def _pad(self, encoded, keys: list[str], rows: np.ndarray, width: int) -> dict[str, np.ndarray]:
+        """Pad on the right to the longest row of the batch, into int64 arrays."""
         batch = {}
         for key in keys:
             values = encoded[key]
@@ -171,8 +228,76 @@ class Classifier:
             for i, row in enumerate(rows):
                 seq = values[row]
                 array[i, :len(seq)] = seq
-            batch[key] = torch.from_numpy(array).to(self.device, non_blocking=True)
+            batch[key] = array
         return batch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Backends: the forward of one padded batch (int64 arrays by input name) to float32 logits. Tokenization,
+# length sorting, padding and decoding are the Classifier's, the same for every backend.
+
+
+class TorchBackend:
+    """A torch model under `inference_mode`, without a KV cache; causal decoders run without the attention mask."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+        self.config = model.config
+        self.mask_free = is_causal(model)
+        self.forward_kwargs = {"use_cache": False} if self.mask_free else {}
+        self.input_names = {"input_ids", "token_type_ids"} | (set() if self.mask_free else {"attention_mask"})
+
+    @property
+    def device(self) -> "torch.device":
+        return self.model.device
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        return self.model.dtype
+
+    def session(self):
+        import torch
+
+        return torch.inference_mode()
+
+    def forward(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        device = self.device
+        tensors = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+        return self.model(**tensors, **self.forward_kwargs).logits.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An ONNX Runtime session on CPU (a directory written by seqcls-export); its graph declares its inputs:
+    no attention_mask for a causal decoder, exported mask-free as the torch forward runs."""
+
+    device = "cpu"
+
+    def __init__(self, model_file: Path, config, num_threads: int | None = None, quantized: bool = False):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+        # Idle worker threads would otherwise spin between batches, burning CPU that other processes need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.ort_session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... for an unreadable graph
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"ONNX model {model_file} could not be loaded ({first}); export it again with "
+                             "seqcls-export") from None
+        self.config = config
+        self.input_names = {i.name for i in self.ort_session.get_inputs()}
+        self.mask_free = "attention_mask" not in self.input_names
+        self.dtype = "int8" if quantized else "float32"
+
+    def session(self):
+        return contextlib.nullcontext()
+
+    def forward(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self.ort_session.run(["logits"], batch)[0].astype(np.float32, copy=False)
 
 
 def _check_texts(texts, text_pairs, batch_size: int) -> tuple[list[str], list[str] | None]:
@@ -456,8 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:N. Default: CUDA when available, else CPU.")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                    help="Default auto: bfloat16 on a GPU that supports it, else float32.")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="torch, or onnx (ONNX Runtime on CPU: a directory from seqcls-export). Default: onnx when "
+                        "the directory holds model.onnx, else torch.")
     p.add_argument("--num_threads", type=int,
-                   help="CPU threads for torch. Default: torch's (one per core); on a busy shared machine fewer "
+                   help="CPU threads for torch (and ONNX Runtime). Default: torch's (one per core); on a busy shared machine fewer "
                         "threads can be much faster.")
     p.add_argument("--on_error", choices=("stop", "skip"), default="stop",
                    help="A bad row (empty text, missing column, bad JSON or UTF-8): stop with its file and line "
@@ -521,7 +649,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with _stream_input(args.input) as stream:
         quiet_transformers()
         clf = Classifier.from_pretrained(args.model_dir, device=args.device, dtype=args.dtype,
-                                         max_length=args.max_seq_length, trust_remote_code=args.trust_remote_code)
+                                         max_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
+                                         backend=args.backend, num_threads=args.num_threads)
         saved = clf.columns
         cols = Columns.from_args(SimpleNamespace(
             text_column_names=args.text_column_names or saved.text,
