@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -14,13 +15,67 @@ from .labels import MULTI, REGRESSION, SINGLE, LabelSpace
 from .metrics import multi_label_predictions, sigmoid, softmax
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files a killed writer (SIGKILL, power loss) left beside `path`: those whose writing
+    process is gone. The writer's PID is part of the name, so a live writer's file is never touched."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f"{glob.escape(_tmp_prefix(path))}*{TMP_SUFFIX}"):
+        pid = tmp.name[len(_tmp_prefix(path)):].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
-    """Write to a temporary file beside `path`, renamed onto it only when the block ends without error."""
+    """Write to a temporary file beside `path`, renamed onto it only when the block ends without error.
+
+    The file gets the mode an ordinary open() would give (0666 less the umask; mkstemp alone gives 0600, which a
+    serving account could not read). The temporary name holds the writer's PID, so the leftovers of a SIGKILL are
+    recognised and removed by the next writer of the same path (`remove_stale_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
             f.flush()
@@ -32,9 +87,16 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         raise
 
 
-def write_json(path: str | Path, obj: Any) -> None:
+def is_temporary(path: str | Path) -> bool:
+    """A file atomic_open is still writing, or one a killed writer left: readers skip these."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def write_json(path: str | Path, obj: Any, **dump_options: Any) -> None:
+    """JSON to `path`, complete or not at all (ensure_ascii=False, indent=2 unless given)."""
     with atomic_open(path) as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2)
+        json.dump(obj, f, **{"ensure_ascii": False, "indent": 2, **dump_options})
         f.write("\n")
 
 

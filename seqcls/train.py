@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import hf_token, parse_args, to_loggable_dict
 from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
-from .checkpoints import (GracefulStop, Interrupted, check_resumable, latest_complete_checkpoint,
-                          set_aside_incomplete)
+from .checkpoints import (IDENTITY_FILE, LOSS_TALLY, GracefulStop, Interrupted, RecordIdentity, RestoreLossTally,
+                          finished_results, loss_tally, output_dir_lock, plan_run, set_aside_incomplete,
+                          write_identity)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .embedding import RowSparseAdamW, clip_grad_norm, plan_embedding_update
 from .errors import UsageError
@@ -39,7 +39,6 @@ from .thresholds import tune_thresholds
 
 logger = logging.getLogger("seqcls")
 
-FINISHED_MARKERS = ("all_results.json", "model.safetensors", "adapter_model.safetensors")
 
 
 def setup_logging(training_args) -> None:
@@ -55,56 +54,6 @@ def setup_logging(training_args) -> None:
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_explicit_format()
-
-
-def checkpoint_to_resume(training_args) -> str | None:
-    """Resume from the newest complete checkpoint in output_dir (skipping incomplete ones, left by a kill while
-    saving); refuse to clobber a finished run unless asked.
-
-    Under several processes every rank reaches the same answer: only the process that saves (rank 0, or each
-    node's first with save_on_each_node) deletes old checkpoints, and the others wait until it is done.
-    """
-    if training_args.resume_from_checkpoint:
-        return check_resumable(training_args.resume_from_checkpoint)
-    if not training_args.do_train:
-        return None
-    out = Path(training_args.output_dir)
-    if training_args.overwrite_output_dir and restart_count() > 0:
-        # the launcher restarted this same job (torchrun --max_restarts, SLURM --requeue): the first attempt already
-        # replaced the old run, so carry on from this job's own checkpoints instead of wiping them
-        last = latest_complete_checkpoint(out) if out.is_dir() else None
-        logger.warning("restart %d of this job: %s", restart_count(),
-                       f"resuming from {last}" if last else "no checkpoint yet, starting afresh")
-        return last
-    if training_args.overwrite_output_dir:
-        # every rank enters (a barrier that only some ranks reach would pair with the next one and hang)
-        with training_args.main_process_first(local=training_args.save_on_each_node, desc="removing old checkpoints"):
-            if training_args.should_save and out.is_dir():
-                old = list(out.glob("checkpoint-*"))
-                for ckpt in old:
-                    shutil.rmtree(ckpt, ignore_errors=True)
-                if old:
-                    logger.warning("overwrite_output_dir: removed the old checkpoints in %s", out)
-        return None
-    if not out.is_dir():
-        return None
-    last = latest_complete_checkpoint(out)
-    if last is not None:
-        logger.info("resuming from %s (use --overwrite_output_dir true to start afresh)", last)
-        return last
-    finished = [m for m in FINISHED_MARKERS if (out / m).exists()]
-    if finished:
-        raise UsageError(
-            f"output_dir {out} already holds a finished run ({finished[0]}); use another output_dir, "
-            "or --overwrite_output_dir true to replace it"
-        )
-    return None
-
-
-def restart_count() -> int:
-    """How often a launcher has restarted this same job: torchrun's --max_restarts, SLURM's --requeue."""
-    counts = (os.environ.get(name, "") for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
-    return max((int(c) for c in counts if c.strip().isdigit()), default=0)
 
 
 class ClassificationTrainer(Trainer):
@@ -123,6 +72,8 @@ class ClassificationTrainer(Trainer):
         self.train_data_collator = train_data_collator
         self.max_tokens_per_batch = max_tokens_per_batch
         self.sparse_embedding = sparse_embedding  # embedding_update sparse: its weight (seqcls/embedding.py)
+        self.loss_tally = RestoreLossTally(self)
+        self.add_callback(self.loss_tally)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
@@ -140,6 +91,39 @@ class ClassificationTrainer(Trainer):
         if self.sparse_embedding is None or grad_norm is not None:
             return super()._get_grad_norm(model, grad_norm)
         return clip_grad_norm(model.parameters(), float("inf"))
+
+    # --- resume exactly: the loss tally travels with the checkpoint (seqcls.checkpoints.loss_tally) ---
+    def _save_checkpoint(self, model, trial):
+        self.state.stateful_callbacks[LOSS_TALLY] = loss_tally(self)
+        return super()._save_checkpoint(model, trial)
+
+    def _load_callback_state(self):
+        self.loss_tally.tally = self.state.stateful_callbacks.pop(LOSS_TALLY, None)
+        return super()._load_callback_state()
+
+    def log(self, logs, *args, **kwargs):
+        if "train_loss" in logs and self.loss_tally.tally is not None:
+            # transformers averages over this process's steps only; the tally covers the whole run
+            logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step, 0.001)
+        return super().log(logs, *args, **kwargs)
+
+    # --- the Trainer's own JSON files, written whole or not at all (it writes them with open()) ---
+    def save_metrics(self, split, metrics, combined=True):
+        if not self.is_world_process_zero():
+            return
+        out = Path(self.args.output_dir)
+        write_json(out / f"{split}_results.json", metrics, indent=4, sort_keys=True, ensure_ascii=True)
+        if combined:
+            everything = finished_results(out)
+            everything.update(metrics)
+            write_json(out / "all_results.json", everything, indent=4, sort_keys=True, ensure_ascii=True)
+
+    def save_state(self):
+        if self.is_world_process_zero():
+            import dataclasses
+
+            write_json(Path(self.args.output_dir) / "trainer_state.json", dataclasses.asdict(self.state), indent=2,
+                       sort_keys=True, ensure_ascii=True)
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
@@ -222,11 +206,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --- Arguments, seed, logging -------------------------------------------------------------------
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
+    with output_dir_lock(training_args):  # one run per output_dir, for the whole run
+        return recipe(argv, model_args, data_args, training_args)
+
+
+def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
+    """The steps of main, with the output_dir held."""
     set_seed(training_args.seed)
     token = hf_token(model_args)
     logger.info("world size %d, process %d, device %s, bf16 %s, fp16 %s", training_args.world_size,
                 training_args.process_index, training_args.device, training_args.bf16, training_args.fp16)
-    resume = checkpoint_to_resume(training_args)
+    plan = plan_run(training_args, to_loggable_dict(model_args, data_args, training_args))
+    if plan.finished:  # the same command ran to the end already (sweeps rerun every command): nothing to do
+        logger.warning("output_dir %s holds this run, finished (%s): nothing to do (--overwrite_output_dir true "
+                       "trains it again)", training_args.output_dir, IDENTITY_FILE)
+        return finished_results(training_args.output_dir)
+    resume = plan.resume
     check_model_source(model_args.model_name_or_path, model_args.use_safetensors)
     quantization = quantization_config(model_args, use_cpu=training_args.use_cpu)  # QLoRA: fail fast on a CPU
 
@@ -347,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_collator=collator,
         compute_metrics=build_compute_metrics(label_space, data_args.metric_name, thresholds=lambda: thresholds),
         compute_loss_func=loss,
-        callbacks=[stopper],
+        callbacks=[stopper, RecordIdentity(plan.identity)],
         sparse_embedding=sparse_embedding,
     )
     if training_args.do_train:  # decided once the Trainer has put the model on its device (packing is checked there)
@@ -360,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if training_args.do_train:
         if trainer.is_world_process_zero():
             set_aside_incomplete(out)  # a kill while saving leaves one; the resumed run may save that step again
+            write_identity(out, plan.identity)  # whose checkpoints these are; finished: false until the end
         train_result = trainer.train(resume_from_checkpoint=resume)
         stopper.raise_if_stopped(training_args.output_dir)  # SIGINT/SIGTERM: a checkpoint is saved, nothing else
         trainer.save_model()
@@ -418,6 +414,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --- Report: plots and model card (a plot that fails only warns) ----------------------------------
     if training_args.do_train and trainer.is_world_process_zero():
         write_report(out, argv, raw, sources, training_args.world_size)
+    if training_args.do_train and training_args.should_save:
+        write_identity(out, plan.identity, finished=True)  # last: a run killed before this is not finished
     return results
 
 

@@ -211,7 +211,7 @@ def test_slurm_script_launches_every_node_with_its_rank_and_the_recipe_untouched
 
 def test_a_restarted_job_resumes_instead_of_overwriting(tmp_path, monkeypatch):
     from seqcls.arguments import TrainingArguments
-    from seqcls.train import checkpoint_to_resume
+    from seqcls.checkpoints import checkpoint_to_resume
 
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')  # a complete checkpoint
