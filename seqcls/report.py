@@ -638,8 +638,15 @@ def usage_section(settings, model_dir: str, is_lora: bool) -> list[str]:
     if space.problem_type == REGRESSION:
         notes.append("Regression: the one output is the predicted value (`function_to_apply=\"none\"`).")
     lines += [f"- {n}" for n in notes] + [""]
+    request = {"model": target, "input": ["..."]}
+    if settings.max_seq_length:
+        request["truncate_prompt_tokens"] = settings.max_seq_length
+    if settings.truncation_side == "left":
+        request["truncation_side"] = "left"  # vLLM ignores the saved side (and on the right must be left unset)
     lines += ["With vLLM (pooling runner, `POST /classify`; see the seqcls README, \"Serving\"):", "", "```bash",
-              vllm_command(target, settings), "```", ""]
+              vllm_command(target, settings),
+              f"curl -s 127.0.0.1:8000/classify -H 'Content-Type: application/json' -d "
+              f"'{json.dumps(request, ensure_ascii=False)}'", "```", ""]
     if space.problem_type == REGRESSION or cols.pair:
         lines += ["vLLM's classify endpoint takes single texts and applies softmax or sigmoid: "
                   + ("this pair model needs seqcls or `pipeline`." if cols.pair else
