@@ -73,6 +73,7 @@ class LabelSpace:
 
     problem_type: str
     names: tuple[str, ...] = ()
+    label_type: str = "str"  # "int": the data's labels were integers, and predictions give them back as integers
 
     def __post_init__(self) -> None:
         if self.problem_type not in PROBLEM_TYPES:
@@ -137,8 +138,15 @@ class LabelSpace:
             "fix the row, or list every label with class_names"
         )
 
+    def value(self, name: str) -> str | int:
+        """A label as the data wrote it: the name, or the integer it stands for."""
+        return int(name) if self.label_type == "int" else name
+
     def to_dict(self) -> dict[str, Any]:
-        return {"problem_type": self.problem_type, "names": list(self.names)}
+        saved: dict[str, Any] = {"problem_type": self.problem_type, "names": list(self.names)}
+        if self.label_type != "str":
+            saved["label_type"] = self.label_type
+        return saved
 
 
 def _sorted_names(names: set[str], raw_kinds: set[str]) -> list[str]:
@@ -172,13 +180,16 @@ def build_label_space(
         for item in items:
             kinds.add(_kind(item))
             found.add(_name(item))
+    label_type = "int" if kinds == {"int"} else "str"
     if class_names:
         names = [str(n) for n in class_names]
         missing = sorted(found - set(names))
         if missing:
             raise UsageError(f"{where}: label(s) {missing} are not in class_names {names}; add them to class_names")
-        return LabelSpace(problem_type, tuple(names))
-    return LabelSpace(problem_type, tuple(_sorted_names(found, kinds)))
+        if label_type == "int" and not all(n.lstrip("-").isdigit() for n in names):
+            label_type = "str"
+        return LabelSpace(problem_type, tuple(names), label_type)
+    return LabelSpace(problem_type, tuple(_sorted_names(found, kinds)), label_type)
 
 
 def label_space_from_config(id2label: dict, problem_type: str | None) -> LabelSpace:

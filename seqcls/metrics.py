@@ -27,6 +27,18 @@ def multi_label_predictions(probs: np.ndarray, thresholds: Sequence[float] | Non
     return (probs >= t).astype(np.int64)
 
 
+TOO_MANY_LABELS = 2.0  # predicted labels per row above this many times the data's (and 1 more): a warning
+
+
+def too_many_labels(metrics: dict[str, float], prefix: str = "") -> str | None:
+    """A warning when multi-label predictions give rows far more labels than the data has, else None."""
+    predicted, true = metrics.get(f"{prefix}labels_per_row"), metrics.get(f"{prefix}true_labels_per_row")
+    if predicted is None or true is None or not (predicted > TOO_MANY_LABELS * true and predicted > true + 1):
+        return None
+    return (f"the thresholds predict {predicted:.1f} labels a row where the data has {true:.1f}: the model is weak "
+            "(or the thresholds fell to the label priors); train longer, or raise the thresholds in seqcls.json")
+
+
 def classification_metrics(label_space: LabelSpace, logits: np.ndarray, labels: np.ndarray,
                            thresholds: Sequence[float] | None = None) -> dict[str, float]:
     """The metrics of one problem type from raw logits and targets."""
@@ -49,6 +61,9 @@ def classification_metrics(label_space: LabelSpace, logits: np.ndarray, labels: 
             "micro_f1": float(f1_score(truth, preds, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(truth, preds, average="macro", zero_division=0)),
             "subset_accuracy": float(accuracy_score(truth, preds)),
+            # how many labels a row gets, against the data: low thresholds on a weak model predict far more
+            "labels_per_row": float(preds.sum(1).mean()) if len(preds) else 0.0,
+            "true_labels_per_row": float(truth.sum(1).mean()) if len(truth) else 0.0,
         }
     from scipy.stats import pearsonr, spearmanr
 

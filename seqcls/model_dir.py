@@ -113,8 +113,12 @@ class ModelSettings:
             raise bad("label_space.names", "must be a list of label names")
         if problem_type != REGRESSION and not names:
             raise bad("label_space.names", f"is empty for {problem_type}")
+        label_type = space.get("label_type", "str")
+        if label_type not in ("str", "int") or (label_type == "int" and not all(
+                n.lstrip("-").isdigit() for n in names)):
+            raise bad("label_space.label_type", f"is {label_type!r}: str, or int for names that are integers")
         try:
-            label_space = LabelSpace(problem_type, tuple(names))
+            label_space = LabelSpace(problem_type, tuple(names), label_type)
         except UsageError as e:
             raise bad("label_space", f"is inconsistent ({e})") from None
         text = saved.get("text_column_names", ["text"])

@@ -124,12 +124,13 @@ def decode(label_space: LabelSpace, logits: np.ndarray, thresholds: Sequence[flo
         probs = softmax(logits)
         for p in probs:
             best = int(p.argmax())
-            rows.append({"label": names[best], "score": float(p[best]), "probabilities": _ranked(names, p, top_k)})
+            rows.append({"label": label_space.value(names[best]), "score": float(p[best]),
+                         "probabilities": _ranked(names, p, top_k)})
         return rows
     probs = sigmoid(logits)
     chosen = multi_label_predictions(probs, thresholds)
     for p, c in zip(probs, chosen):
-        picked = [names[i] for i in np.flatnonzero(c)]
+        picked = [label_space.value(names[i]) for i in np.flatnonzero(c)]
         score = float(min(p[i] for i in np.flatnonzero(c))) if picked else float(1 - p.max())
         rows.append({"label": picked, "score": score, "probabilities": _ranked(names, p, top_k)})
     return rows

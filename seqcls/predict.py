@@ -544,7 +544,7 @@ class CsvWriter:
         self.writer.writerow(["id", "label", "score"] + [f"p_{n}" for n in self.names])
 
     def write(self, row: dict[str, Any]) -> None:
-        label = ";".join(row["label"]) if isinstance(row["label"], list) else row["label"]
+        label = ";".join(map(str, row["label"])) if isinstance(row["label"], list) else row["label"]
         probs = row.get("probabilities", {})
         self.writer.writerow([row["id"], label, row["score"]] + [probs.get(n, "") for n in self.names])
 

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 from .labels import MULTI, REGRESSION, SINGLE
+from .metrics import too_many_labels
 from .outputs import atomic_open, write_json
 
 logger = logging.getLogger(__name__)
@@ -520,7 +521,11 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
         lines.append("")
     else:
         lines += ["No evaluation results in all_results.json.", ""]
-    best = run_args.get("metric_for_best_model")
+    for prefix, split in (("eval_", "validation"), ("test_", "test")):
+        warning = too_many_labels(results, prefix)
+        if warning:
+            lines += [f"**Warning** ({split}): {warning}.", ""]
+    best = run_args.get("metric_for_best_model") if run_args.get("load_best_model_at_end") else None
     if best:
         lines += [f"Best-model metric: `{best}` ({'higher' if run_args.get('greater_is_better', True) else 'lower'} "
                   "is better).", ""]

@@ -25,7 +25,8 @@ from .embedding import RowSparseAdamW, clip_grad_norm, plan_embedding_update
 from .errors import UsageError
 from .labels import MULTI, build_label_space
 from .loss import ClassificationLoss, resolve_class_weights
-from .metrics import BEST_METRIC, build_compute_metrics, check_metric_for, classification_metrics, sigmoid
+from .metrics import (BEST_METRIC, build_compute_metrics, check_metric_for, classification_metrics, sigmoid,
+                      too_many_labels)
 from .model_dir import (ModelSettings, is_adapter_dir, local_dir, trained_settings, write_adapter_config,
                         write_settings)
 from .model_dir import load as load_trained
@@ -371,6 +372,9 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
             tune_logits, tune_labels, _ = predict_in_order(trainer, tokenized["validation"], "tune")
             thresholds = tune_thresholds(sigmoid(tune_logits), tune_labels)
             logger.info("thresholds tuned on validation: %s", dict(zip(label_space.names, thresholds)))
+            warning = too_many_labels(classification_metrics(label_space, tune_logits, tune_labels, thresholds))
+            if warning:
+                logger.warning("tune_thresholds: %s", warning)
         if training_args.should_save:  # beside the model, wherever the Trainer saved it
             if model_args.use_lora:
                 write_adapter_config(trainer.model, out)

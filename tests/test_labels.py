@@ -61,3 +61,29 @@ def test_list_label_in_single_label_data_is_an_error():
 def test_single_label_needs_two_classes():
     with pytest.raises(UsageError, match="at least 2 labels"):
         LabelSpace(SINGLE, ("only",))
+
+
+def test_integer_labels_come_back_as_integers():
+    """Labels written as integers are predicted as integers (the label maps keep names as strings)."""
+    import numpy as np
+
+    from seqcls.model_dir import ModelSettings
+    from seqcls.outputs import decode
+
+    space = build_label_space([2, 0, 1, 10, 0])
+    assert space.names == ("0", "1", "2", "10") and space.label_type == "int"
+    rows = decode(space, np.array([[0.0, 0.0, 0.0, 5.0], [3.0, 0.0, 0.0, 0.0]]))
+    assert [r["label"] for r in rows] == [10, 0] and list(rows[0]["probabilities"])[0] == "10"
+    saved = ModelSettings(label_space=space).to_dict()
+    assert ModelSettings.from_dict(saved, "x").label_space == space
+    multi = build_label_space([[1, 2], [3]])
+    assert decode(multi, np.array([[5.0, -5.0, 5.0]]))[0]["label"] == [1, 3]
+    assert build_label_space(["a", "b"]).label_type == "str"
+
+
+def test_too_many_labels_a_row_is_a_warning():
+    from seqcls.metrics import too_many_labels
+
+    assert too_many_labels({"eval_labels_per_row": 13.6, "eval_true_labels_per_row": 1.2}, "eval_")
+    assert too_many_labels({"labels_per_row": 1.5, "true_labels_per_row": 1.2}) is None
+    assert too_many_labels({"macro_f1": 0.3}) is None
