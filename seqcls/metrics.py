@@ -5,6 +5,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .calibration import calibration_metrics
 from .errors import UsageError
 from .labels import MULTI, REGRESSION, SINGLE, LabelSpace
 
@@ -41,6 +42,7 @@ def classification_metrics(label_space: LabelSpace, logits: np.ndarray, labels: 
             "macro_f1": float(f1_score(labels, preds, average="macro", labels=range(label_space.num_labels),
                                        zero_division=0)),
             "weighted_f1": float(f1_score(labels, preds, average="weighted", zero_division=0)),
+            **calibration_metrics(label_space, logits, labels),
         }
     if label_space.problem_type == MULTI:
         preds = multi_label_predictions(sigmoid(logits), thresholds)
@@ -49,6 +51,7 @@ def classification_metrics(label_space: LabelSpace, logits: np.ndarray, labels: 
             "micro_f1": float(f1_score(truth, preds, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(truth, preds, average="macro", zero_division=0)),
             "subset_accuracy": float(accuracy_score(truth, preds)),
+            **calibration_metrics(label_space, logits, labels),
         }
     from scipy.stats import pearsonr, spearmanr
 

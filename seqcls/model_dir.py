@@ -60,6 +60,9 @@ class ModelSettings:
     padding_side: str = "right"
     pooling_token: str | None = None
     thresholds: tuple[float, ...] | None = None  # multi-label only: one per label, in label order
+    # temperature scaling folded into the head (seqcls.calibration.calibration_record): method, temperatures,
+    # fitted_on, rows, before/after metrics. A record only: the weights already give the calibrated probabilities
+    calibration: dict[str, Any] | None = field(default=None, compare=False)
     format: int = FORMAT
     seqcls_version: str | None = field(default=None, compare=False)
     source: str = field(default=SETTINGS_FILE, compare=False)  # where they were read from, for error messages
@@ -84,6 +87,7 @@ class ModelSettings:
             "padding_side": self.padding_side,
             "pooling_token": self.pooling_token,
             "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -151,9 +155,21 @@ class ModelSettings:
                 raise bad("thresholds", f"must be {len(names)} numbers between 0 and 1 (one per label), got "
                                         f"{json.dumps(thresholds)[:80]}")
             thresholds = tuple(float(t) for t in thresholds)
+        calibration = saved.get("calibration")
+        if calibration is not None:
+            temps = calibration.get("temperatures") if isinstance(calibration, dict) else None
+            want = len(names) if problem_type == MULTI else 1
+            if problem_type == REGRESSION:
+                raise bad("calibration", "is given for a regression model; only classifiers are calibrated")
+            if not isinstance(calibration, dict) or calibration.get("method") != "temperature":
+                raise bad("calibration", "must be an object with method \"temperature\"")
+            if (not isinstance(temps, list) or len(temps) != want
+                    or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temps)):
+                raise bad("calibration.temperatures", f"must be {want} positive number(s), got "
+                                                      f"{json.dumps(temps)[:80]}")
         return cls(label_space=label_space, text_column_names=tuple(text), text_column_delimiter=delimiter,
                    text_pair_column_name=pair, max_seq_length=max_len, pooling_token=marker, thresholds=thresholds,
-                   format=fmt, seqcls_version=saved.get("seqcls_version"), source=where, **sides)
+                   calibration=calibration, format=fmt, seqcls_version=saved.get("seqcls_version"), source=where, **sides)
 
 
 def write_settings(out_dir: str | Path, settings: ModelSettings) -> None:
