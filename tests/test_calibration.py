@@ -89,6 +89,8 @@ def test_run_records_the_fit_and_evaluates_the_folded_model(calibrated):
     record = model_dir.read_settings(calibrated).calibration
     assert record["method"] == "temperature" and len(record["temperatures"]) == 1 and record["rows"] >= MIN_ROWS
     assert record["after"]["nll"] <= record["before"]["nll"]
+    card = (calibrated / "README.md").read_text(encoding="utf-8")
+    assert f"temperature scaling (T = {record['temperatures'][0]:g})" in card
     metrics = json.loads((calibrated / "eval_results.json").read_text())
     for k in ("ece", "brier", "nll"):
         assert metrics[f"eval_{k}"] == pytest.approx(record["after"][k], abs=1e-5)
