@@ -142,3 +142,18 @@ def test_cli_says_it_in_one_line(tiny_model_dir, tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: calibration temperature needs validation data: give --validation_file or "
         "--validation_split_percentage (and --do_eval when recalibrating a trained model)"], proc.stderr
+
+
+def test_multi_label_fits_one_temperature_per_label_before_thresholds(tiny_model_dir, tmp_path):
+    from seqcls import model_dir
+    from seqcls.train import main
+
+    out = tmp_path / "multi"
+    main(["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--do_train", "--do_eval",
+          "--train_file", str(ROOT / "data/example_multilabel.jsonl"), "--validation_split_percentage", "30",
+          "--calibration", "temperature", "--tune_thresholds", "true", *COMMON])
+    settings = model_dir.read_settings(out)
+    assert len(settings.calibration["temperatures"]) == settings.label_space.num_labels
+    assert settings.thresholds is not None
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert metrics["eval_nll"] == pytest.approx(settings.calibration["after"]["nll"], abs=1e-5)
