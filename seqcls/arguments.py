@@ -284,6 +284,16 @@ class TrainingArguments(transformers.TrainingArguments):
             "F1; saved with the model (seqcls.json) and used by evaluation and prediction."
         },
     )
+    calibration: str = field(
+        default="none",
+        metadata={
+            "help": "temperature: after training (before tune_thresholds), fit a temperature (one per label for "
+            "multi-label) on the validation set and fold it into the head, so every consumer gets calibrated "
+            "probabilities; recorded in seqcls.json. An evaluate-only run from a trained dir with --output_dir "
+            "NEW recalibrates it on --validation_file and saves the model there. none: the raw probabilities.",
+            "choices": ["none", "temperature"],
+        },
+    )
     # --- Throughput (benchmarks/RESULTS.md, "Training speed") ---
     train_sampling_strategy: str = field(
         default="random",

@@ -5,6 +5,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .calibration import calibration_metrics
 from .errors import UsageError
 from .labels import MULTI, REGRESSION, SINGLE, LabelSpace
 
@@ -53,6 +54,7 @@ def classification_metrics(label_space: LabelSpace, logits: np.ndarray, labels: 
             "macro_f1": float(f1_score(labels, preds, average="macro", labels=range(label_space.num_labels),
                                        zero_division=0)),
             "weighted_f1": float(f1_score(labels, preds, average="weighted", zero_division=0)),
+            **calibration_metrics(label_space, logits, labels),
         }
     if label_space.problem_type == MULTI:
         preds = multi_label_predictions(sigmoid(logits), thresholds)
@@ -64,6 +66,7 @@ def classification_metrics(label_space: LabelSpace, logits: np.ndarray, labels: 
             # how many labels a row gets, against the data: low thresholds on a weak model predict far more
             "labels_per_row": float(preds.sum(1).mean()) if len(preds) else 0.0,
             "true_labels_per_row": float(truth.sum(1).mean()) if len(truth) else 0.0,
+            **calibration_metrics(label_space, logits, labels),
         }
     from scipy.stats import pearsonr, spearmanr
 

@@ -61,6 +61,9 @@ class ModelSettings:
     pooling_token: str | None = None
     thresholds: tuple[float, ...] | None = None  # multi-label only: one per label, in label order
     export: dict[str, Any] | None = field(default=None, compare=False)  # seqcls-export: format, quantize, inputs, ...
+    # temperature scaling folded into the head (seqcls.calibration.calibration_record): method, temperatures,
+    # fitted_on, rows, before/after metrics. A record only: the weights already give the calibrated probabilities
+    calibration: dict[str, Any] | None = field(default=None, compare=False)
     format: int = FORMAT
     seqcls_version: str | None = field(default=None, compare=False)
     source: str = field(default=SETTINGS_FILE, compare=False)  # where they were read from, for error messages
@@ -86,6 +89,7 @@ class ModelSettings:
             "pooling_token": self.pooling_token,
             "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
             **({"export": self.export} if self.export is not None else {}),
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -160,9 +164,22 @@ class ModelSettings:
         export = saved.get("export")
         if export is not None and not isinstance(export, dict):
             raise bad("export", "must be an object (written by seqcls-export)")
+        calibration = saved.get("calibration")
+        if calibration is not None:
+            temps = calibration.get("temperatures") if isinstance(calibration, dict) else None
+            want = len(names) if problem_type == MULTI else 1
+            if problem_type == REGRESSION:
+                raise bad("calibration", "is given for a regression model; only classifiers are calibrated")
+            if not isinstance(calibration, dict) or calibration.get("method") != "temperature":
+                raise bad("calibration", "must be an object with method \"temperature\"")
+            if (not isinstance(temps, list) or len(temps) != want
+                    or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temps)):
+                raise bad("calibration.temperatures", f"must be {want} positive number(s), got "
+                                                      f"{json.dumps(temps)[:80]}")
         return cls(label_space=label_space, text_column_names=tuple(text), text_column_delimiter=delimiter,
                    text_pair_column_name=pair, max_seq_length=max_len, pooling_token=marker, thresholds=thresholds,
-                   format=fmt, seqcls_version=saved.get("seqcls_version"), source=where, export=export, **sides)
+                   calibration=calibration, export=export, format=fmt, seqcls_version=saved.get("seqcls_version"),
+                   source=where, **sides)
 
 
 def write_settings(out_dir: str | Path, settings: ModelSettings) -> None:

@@ -642,7 +642,8 @@ def usage_section(settings, model_dir: str, is_lora: bool) -> list[str]:
             notes.append("Multi-label: a label applies when its sigmoid probability is at least 0.5.")
     if space.problem_type == REGRESSION:
         notes.append("Regression: the one output is the predicted value (`function_to_apply=\"none\"`).")
-    lines += [f"- {n}" for n in notes] + [""]
+    notes.append(calibration_note(settings.calibration) if space.problem_type != REGRESSION else "")
+    lines += [f"- {n}" for n in notes if n] + [""]
     request = {"model": target, "input": ["..."]}
     if settings.max_seq_length:
         request["truncate_prompt_tokens"] = settings.max_seq_length
@@ -657,6 +658,21 @@ def usage_section(settings, model_dir: str, is_lora: bool) -> list[str]:
                   + ("this pair model needs seqcls or `pipeline`." if cols.pair else
                      "for this regression model use seqcls or `pipeline`."), ""]
     return lines
+
+
+def calibration_note(record: dict | None) -> str:
+    """The card's statement of whether and how the probabilities are calibrated (seqcls.json `calibration`)."""
+    if not record:
+        return ("Probabilities are not calibrated (the model's raw softmax/sigmoid; fine-tuned classifiers are "
+                "often over-confident): recalibrate on labelled data with `--calibration temperature`.")
+    temps = record["temperatures"]
+    shown = ", ".join(f"{t:g}" for t in temps[:8]) + (", ..." if len(temps) > 8 else "")
+    names = {"ece": "ECE", "brier": "Brier", "nll": "NLL"}
+    fig = lambda m: ", ".join(f"{names.get(k, k)} {v:.4f}" for k, v in m.items())  # noqa: E731
+    return (f"Probabilities are calibrated by temperature scaling (T = {shown}), fitted on {record['rows']} rows of "
+            f"{record['fitted_on']} and folded into the head's weights, so every consumer gets them as they are. "
+            f"On those rows: before {fig(record['before'])}; after {fig(record['after'])} "
+            "(ECE: 15 equal-width bins; labels unchanged).")
 
 
 def _dataset_type(source: Any) -> str:

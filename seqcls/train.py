@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -17,6 +18,8 @@ from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import hf_token, parse_args, to_loggable_dict
 from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
+from .calibration import (calibration_metrics, calibration_record, check_fittable, fit_temperatures,
+                          fold_temperatures)
 from .checkpoints import (IDENTITY_FILE, LOSS_TALLY, GracefulStop, Interrupted, RecordIdentity, RestoreLossTally,
                           finished_results, loss_tally, output_dir_lock, plan_run, set_aside_incomplete,
                           write_identity)
@@ -30,6 +33,7 @@ from .metrics import (BEST_METRIC, build_compute_metrics, check_metric_for, clas
 from .model_dir import (ModelSettings, is_adapter_dir, local_dir, trained_settings, write_adapter_config,
                         write_settings)
 from .model_dir import load as load_trained
+from .model_dir import save as save_model_dir
 from .modeling import (apply_lora, check_head_unquantized, check_model_source, check_vocab_ids, checkpointing_on,
                        freeze_input_embeddings, load_model, load_tokenizer, max_length_for, pooling_token,
                        prepare_precision, quantization_config, resolve_dtype, set_sides)
@@ -262,6 +266,8 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
     if training_args.tune_thresholds and "validation" not in raw:
         raise UsageError("tune_thresholds needs validation data: give --validation_file or "
                          "--validation_split_percentage")
+    if training_args.calibration == "temperature":  # the cheap checks before the model loads; rows after tokenizing
+        check_fittable(label_space, "present" if "validation" in raw else "missing", validation_name(sources))
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
                          ("test", data_args.max_predict_samples)):
         if split in raw:
@@ -313,6 +319,16 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         tokenized = tokenize(raw, tokenizer, label_space, cols, max_length, data_args.pad_to_max_length,
                              data_args.preprocessing_num_workers, data_args.overwrite_cache)
 
+    if training_args.calibration == "temperature":  # refused before anything is trained or written
+        if "validation" not in tokenized:
+            raise UsageError("calibration temperature needs validation data: give --validation_file or "
+                             "--validation_split_percentage (and --do_eval when recalibrating a trained model)")
+        check_fittable(label_space, tokenized["validation"]["labels"] if "labels" in tokenized["validation"].column_names
+                       else None, validation_name(sources))
+        if not training_args.do_train and Path(training_args.output_dir).resolve() == trained_dir.resolve():
+            raise UsageError("calibration of a trained model writes a new model directory: give an --output_dir "
+                             f"other than {trained_dir}")
+
     # --- Loss and thresholds (class weights from train; thresholds saved with a trained model) ---------------
     class_weights = None
     if training_args.class_weights is not None and training_args.do_train:
@@ -351,6 +367,8 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
             trainer.model, tokenizer, tokenized["train"], model_args, data_args, training_args)
     out = Path(training_args.output_dir)
     results: dict[str, Any] = {}
+    calibration = settings.calibration if settings is not None else None
+    fitted = None  # the temperatures fitted in this run: eval/test also report the figures before them
 
     # --- Train ----------------------------------------------------------------------------------------
     if training_args.do_train:
@@ -368,6 +386,9 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         results.update(metrics)
+        if training_args.calibration == "temperature":  # before thresholds: they are tuned on calibrated probabilities
+            calibration, fitted = calibrate(trainer, tokenized["validation"], label_space, validation_name(sources))
+            trainer.save_model()  # again: the saved weights (a LoRA run: the adapter's head copy) carry the fold
         if training_args.tune_thresholds:
             tune_logits, tune_labels, _ = predict_in_order(trainer, tokenized["validation"], "tune")
             thresholds = tune_thresholds(sigmoid(tune_logits), tune_labels)
@@ -382,14 +403,26 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
                 label_space=label_space, text_column_names=tuple(cols.text), text_column_delimiter=cols.delimiter,
                 text_pair_column_name=cols.pair, max_seq_length=max_length, truncation_side=tokenizer.truncation_side,
                 padding_side=tokenizer.padding_side, pooling_token=marker,
-                thresholds=None if thresholds is None else tuple(float(t) for t in thresholds)))
+                thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
+                calibration=calibration))
             write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
+
+    # --- Recalibrate a trained model on new labelled data: a new model directory with the fold --------------
+    if training_args.calibration == "temperature" and not training_args.do_train:
+        calibration, fitted = calibrate(trainer, tokenized["validation"], label_space, validation_name(sources),
+                                        previous=calibration)
+        if training_args.should_save:
+            merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+            save_model_dir(out, merged, tokenizer, dataclasses.replace(settings, calibration=calibration),
+                           overwrite=training_args.overwrite_output_dir or not any(out.glob("*")))
+            trainer.model = model = merged
 
     # --- Evaluate -------------------------------------------------------------------------------------
     if training_args.do_eval:
         logits, labels, metrics = predict_in_order(trainer, tokenized["validation"], "eval",
                                                    sort=training_args.sort_eval_by_length)
         metrics["eval_samples"] = len(tokenized["validation"])
+        metrics.update(before_calibration("eval", label_space, logits, labels, fitted))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
@@ -403,6 +436,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         if labels is not None and cols.label in raw["test"].column_names:
             metrics.update({f"test_{k}": v for k, v in
                             classification_metrics(label_space, logits, labels, thresholds).items()})
+            metrics.update(before_calibration("test", label_space, logits, labels, fitted))
             metrics["test_samples"] = len(test)
             trainer.log_metrics("test", metrics)
             trainer.save_metrics("test", metrics)
@@ -421,6 +455,36 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
     if training_args.do_train and training_args.should_save:
         write_identity(out, plan.identity, finished=True)  # last: a run killed before this is not finished
     return results
+
+
+def validation_name(sources) -> str:
+    source = sources.get("validation")
+    return source.name if source is not None else "the validation split"
+
+
+def calibrate(trainer, validation, label_space, fitted_on: str,
+              previous: dict | None = None) -> tuple[dict, list[float]]:
+    """Fit temperature(s) on the validation logits and fold them into trainer.model's head (in place); the record
+    for seqcls.json and this fit's temperatures. Recalibrating an already calibrated model multiplies the
+    temperatures, so the record keeps the total relative to the trained logits."""
+    logits, labels, _ = predict_in_order(trainer, validation, "calibration")
+    temps = fit_temperatures(label_space, logits, labels)
+    fold_temperatures(trainer.model, temps, label_space.num_labels)
+    record = calibration_record(label_space, logits, labels, temps, fitted_on)
+    if previous is not None:
+        record["temperatures"] = [round(a * b, 6) for a, b in
+                                  zip(np.broadcast_to(previous["temperatures"], len(temps)), temps)]
+    logger.info("calibration: temperature(s) %s fitted on %s (%d rows); %s -> %s", temps[:10], fitted_on,
+                len(labels), record["before"], record["after"])
+    return record, temps
+
+
+def before_calibration(prefix: str, label_space, logits, labels, temperatures) -> dict[str, float]:
+    """The calibration metrics of the logits before this run's temperatures (logits * T), beside the after ones."""
+    if temperatures is None or labels is None:
+        return {}
+    raw = np.asarray(logits, dtype=np.float64) * np.asarray(temperatures, dtype=np.float64)
+    return {f"{prefix}_{k}_before_calibration": v for k, v in calibration_metrics(label_space, raw, labels).items()}
 
 
 def check_same_input(model_args, settings: ModelSettings, tokenizer) -> None:

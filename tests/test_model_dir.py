@@ -68,6 +68,10 @@ def variant_args(name: str, data: dict[str, Path]) -> tuple[list[str], Path]:
                         ROOT / "data/example_multilabel.jsonl"),
         "pair_regression": (["--train_file", str(ROOT / "data/example_pair.jsonl"), "--text_pair_column_name",
                              "text_pair"], ROOT / "data/example_pair.jsonl"),
+        "calibrated": (single + ["--calibration", "temperature", "--validation_split_percentage", "20"], test),
+        "calibrated_lora": (single + ["--calibration", "temperature", "--validation_split_percentage", "20",
+                                      "--use_lora", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout",
+                                      "0"], test),
         "two_columns": (["--train_file", str(data["two_train"]), "--text_column_names", "title,body",
                          "--text_column_delimiter", " | "], data["two_test"]),
     }
@@ -84,11 +88,11 @@ def trained(tiny_model_dir, data, tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
 
     def get(name: str) -> tuple[Path, Path]:
-        if name == "merged":
-            lora, test_file = get("lora")
+        if name in ("merged", "calibrated_merged") and name not in runs:
+            lora, test_file = get(name.replace("merged", "lora"))
             from seqcls.merge import merge
 
-            runs[name] = (merge(lora, root / "merged"), test_file)
+            runs[name] = (merge(lora, root / name), test_file)
         if name not in runs:
             extra, test_file = variant_args(name, data)
             out = root / name
@@ -155,7 +159,7 @@ def pipeline_rows(run: Path, test_file: Path, settings: model_dir.ModelSettings)
 
 
 VARIANTS = ["plain", "lora", "merged", "append_eos", "cls_token", "truncation_left", "multi_label",
-            "pair_regression", "two_columns"]
+            "pair_regression", "two_columns", "calibrated", "calibrated_lora", "calibrated_merged"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -163,7 +167,7 @@ def test_every_consumer_gives_the_runs_predictions(trained, variant, tmp_path, m
     from seqcls import Classifier
 
     run, test_file = trained(variant)
-    written_by = trained("lora")[0] if variant == "merged" else run  # the merged model gives the adapter's results
+    written_by = trained(variant.replace("merged", "lora"))[0] if variant.endswith("merged") else run  # the merged model gives the adapter's results
     expected = read_jsonl(written_by / "predict_results.jsonl")
     settings = model_dir.read_settings(run)
     names = list(settings.label_space.names)
@@ -175,7 +179,7 @@ def test_every_consumer_gives_the_runs_predictions(trained, variant, tmp_path, m
     pairs = [r[cols.pair] for r in rows] if cols.pair else None
     assert_same_rows(expected, clf.predict(texts, pairs, batch_size=5), names, f"{variant}: Classifier")
     assert_same_rows(expected, consumer_rows_cli(run, test_file, tmp_path, clf, monkeypatch), names, f"{variant}: seqcls-predict")
-    if variant != "lora":  # pipeline cannot load an adapter directory: the card says to merge it (the "merged" row)
+    if not variant.endswith("lora"):  # pipeline cannot load an adapter directory: the card says to merge it (the "merged" row)
         assert_same_rows(expected, pipeline_rows(run, test_file, settings), names, f"{variant}: pipeline")
 
 
