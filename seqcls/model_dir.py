@@ -490,11 +490,15 @@ def _check_against_model(path: Path, settings: ModelSettings, model, tokenizer) 
 
 
 def save(out_dir: str | Path, model, tokenizer, settings: ModelSettings, overwrite: bool = False,
-         extra: dict[str, Path] | None = None) -> Path:
+         extra: dict[str, Path] | None = None, carry: tuple[str, ...] = ()) -> Path:
     """Write a plain model directory (weights, config, tokenizer as trained, seqcls.json, `extra` files copied
-    under their names) whole or not at all: into a temporary directory beside it, renamed into place."""
+    under their names) whole or not at all: into a temporary directory beside it, renamed into place.
+
+    `carry`: names of files an existing `out_dir` may already hold that move into the new one (the run's lock
+    and identity, when a run writes its own output_dir)."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    others = [p for p in out.iterdir() if p.name not in carry] if out.is_dir() else []
+    if out.exists() and (not out.is_dir() or others) and not overwrite:
         raise UsageError(f"{out} exists and is not empty; choose another output directory or add --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -509,6 +513,9 @@ def save(out_dir: str | Path, model, tokenizer, settings: ModelSettings, overwri
         for f in tmp.iterdir():
             if f.is_file():
                 os.chmod(f, 0o666 & ~_umask())
+        for name in carry:
+            if (out / name).exists():
+                os.replace(out / name, tmp / name)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

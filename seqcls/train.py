@@ -20,8 +20,8 @@ from .arguments import hf_token, parse_args, to_loggable_dict
 from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
 from .calibration import (calibration_metrics, calibration_record, check_fittable, fit_temperatures,
                           fold_temperatures)
-from .checkpoints import (IDENTITY_FILE, LOSS_TALLY, GracefulStop, Interrupted, RecordIdentity, RestoreLossTally,
-                          finished_results, loss_tally, output_dir_lock, plan_run, set_aside_incomplete,
+from .checkpoints import (IDENTITY_FILE, LOCK_FILE, LOSS_TALLY, GracefulStop, Interrupted, RecordIdentity,
+                          RestoreLossTally, finished_results, loss_tally, output_dir_lock, plan_run, set_aside_incomplete,
                           write_identity)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .embedding import RowSparseAdamW, clip_grad_norm, plan_embedding_update
@@ -414,7 +414,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         if training_args.should_save:
             merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
             save_model_dir(out, merged, tokenizer, dataclasses.replace(settings, calibration=calibration),
-                           overwrite=training_args.overwrite_output_dir or not any(out.glob("*")))
+                           overwrite=training_args.overwrite_output_dir, carry=(LOCK_FILE, IDENTITY_FILE))
             trainer.model = model = merged
 
     # --- Evaluate -------------------------------------------------------------------------------------
