@@ -140,8 +140,7 @@ class Classifier:
             chunk = texts[start:start + CHUNK_SIZE]
             pairs = text_pairs[start:start + CHUNK_SIZE] if text_pairs is not None else None
             extra = {c: list(v)[start:start + CHUNK_SIZE] for c, v in (columns or {}).items()}
-            encoded = encode_texts(self.tokenizer, chunk, pairs, self.max_length, prompt=self.columns.prompt,
-                                   extra=extra)
+            encoded = encode_texts(self.tokenizer, chunk, pairs, self.max_length, False, self.columns.prompt, extra)
             out.append(self._forward_sorted(encoded, batch_size, on_batch))
         return np.concatenate(out)
 
