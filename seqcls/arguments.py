@@ -123,6 +123,23 @@ class ModelArguments:
         default=None,
         metadata={"help": "Like append_eos, with this existing token as the end-of-text marker (no new embeddings)."},
     )
+    head_init: str | None = field(
+        default=None,
+        metadata={
+            "help": "label_words: start each row of the `score` head as the language-model output row (or tied input "
+            "embedding) of its label word's first token, so with a prompt step 0 is the zero-shot prompt classifier. "
+            "Decoder LLMs only.",
+            "choices": ["label_words"],
+        },
+    )
+    label_words: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "With head_init label_words: LABEL=WORD pairs (YAML: a mapping); default: each label's own name. "
+            "A word of several tokens uses its first token.",
+            "nargs": "+",
+        },
+    )
     # LoRA / QLoRA
     use_lora: bool = field(
         default=False,
@@ -191,6 +208,19 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Column passed to the tokenizer as the second sequence (sentence pairs)."}
     )
     label_column_name: str = field(default="label", metadata={"help": "The label column."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Wrap every text, e.g. \"评论：{text}\\n情感：\": {text} (the joined text columns), "
+                          "{text_pair}, or any {column}. Only the text is cut to max_seq_length, never the template."},
+    )
+    use_chat_template: bool = field(
+        default=False,
+        metadata={"help": "Send the (templated) text as the user turn of the tokenizer's chat template, with the "
+                          "generation prompt, so the head reads where the answer would start."},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "With use_chat_template: a system turn before the user turn."}
+    )
     class_names: list[str] | None = field(
         default=None,
         metadata={
@@ -744,6 +774,8 @@ def validate_finetuning(model_args: ModelArguments, data_args: DataTrainingArgum
             raise UsageError(f"lora_r must be at least 1, got {model_args.lora_r}")
         if not 0 <= model_args.lora_dropout < 1:
             raise UsageError(f"lora_dropout must be in [0, 1), got {model_args.lora_dropout}")
+    if model_args.label_words and model_args.head_init != "label_words":
+        raise UsageError("label_words is given but head_init is not label_words; add --head_init label_words")
     if model_args.append_eos and model_args.cls_token:
         raise UsageError("give either append_eos or cls_token, not both (cls_token names the marker to append)")
     if training_args.focal_gamma < 0:

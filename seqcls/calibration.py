@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UsageError
-from .labels import MULTI, REGRESSION, SINGLE, LabelSpace
+from .labels import REGRESSION, SINGLE, LabelSpace
 
 logger = logging.getLogger("seqcls")
 

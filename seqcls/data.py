@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from .errors import UsageError
 from .labels import MULTI, REGRESSION, SINGLE, LabelSpace, _kind
+from .prompts import Prompt, encode_with_template
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Columns:
     pair: str | None = None
     label: str = "label"
     id: str | None = None
+    prompt: Prompt = field(default_factory=Prompt)  # prompt / chat template around the text (seqcls.prompts)
 
     @classmethod
     def from_args(cls, data_args) -> "Columns":
@@ -41,17 +43,23 @@ class Columns:
         text = [c.strip() for c in (names if isinstance(names, list) else str(names).split(",")) if c.strip()]
         if not text:
             raise UsageError("text_column_names is empty; name the column(s) holding the text")
+        prompt = Prompt(getattr(data_args, "prompt_template", None),
+                        bool(getattr(data_args, "use_chat_template", False)), getattr(data_args, "system_prompt", None))
+        prompt.check(data_args.text_pair_column_name)
         return cls(
             text=text,
             delimiter=data_args.text_column_delimiter,
             pair=data_args.text_pair_column_name,
             label=data_args.label_column_name,
             id=data_args.id_column,
+            prompt=prompt,
         )
 
     @property
     def inputs(self) -> list[str]:
-        return self.text + ([self.pair] if self.pair else [])
+        """Every column the model reads: the text(s), the pair text, the prompt template's other columns."""
+        own = self.text + ([self.pair] if self.pair else [])
+        return own + [c for c in self.prompt.extra_columns() if c not in own]
 
 
 @dataclass
@@ -390,16 +398,22 @@ def join_texts(batch: dict[str, list], columns: Sequence[str], delimiter: str) -
     return [delimiter.join(t if t is not None else "" for t in parts) for parts in zip(*(batch[c] for c in columns))]
 
 
-def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False):
+def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False,
+                 prompt: Prompt | None = None, extra: dict[str, list] | None = None):
     """Tokenize texts (and optional second texts) the one way this project does, for training and prediction.
 
     A pooling token (append_eos / cls_token) is appended by the tokenizer itself (`modeling.append_pooling_token`),
     after truncation, so it is the last token of every text however long the text is, on either truncation side.
+    With a `prompt` each row is its filled template (one sequence; `extra` holds the template's other columns) and
+    only the text inside it is cut (`seqcls.prompts.encode_with_template`).
     """
-    special = tokenizer.num_special_tokens_to_add(pair=pairs is not None)
+    template = prompt.resolve(tokenizer) if prompt is not None else None
+    special = tokenizer.num_special_tokens_to_add(pair=pairs is not None and template is None)
     if max_length <= special:
         raise UsageError(f"max_seq_length {max_length} leaves no room for text beside the {special} special token(s) "
                          f"the tokenizer adds; use at least {special + 1}")
+    if template is not None:
+        return encode_with_template(tokenizer, template, texts, pairs, extra, max_length, padding)
     return tokenizer(
         texts,
         pairs,
@@ -435,7 +449,8 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
         "columns": dataclasses.asdict(cols),
         "max_length": max_length,
         "pad_to_max_length": pad_to_max_length,
-        "code": [inspect.getsource(f) for f in (join_texts, encode_texts, tokenize)],
+        "template": cols.prompt.resolve(tokenizer),  # the chat template lives outside the backend's JSON
+        "code": [inspect.getsource(f) for f in (join_texts, encode_texts, tokenize, encode_with_template)],
     }
     digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()
@@ -449,7 +464,8 @@ def tokenize(raw, tokenizer, label_space: LabelSpace | None, cols: Columns, max_
     def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         texts = join_texts(batch, cols.text, cols.delimiter)
         pairs = batch[cols.pair] if cols.pair else None
-        out = dict(encode_texts(tokenizer, texts, pairs, max_length, pad_to_max_length))
+        extra = {c: batch[c] for c in cols.prompt.extra_columns()}
+        out = dict(encode_texts(tokenizer, texts, pairs, max_length, pad_to_max_length, cols.prompt, extra))
         if label_space is not None and cols.label in batch:
             out["labels"] = [label_space.encode(v, f"row {i + 1}") for v, i in zip(batch[cols.label], indices)]
         return out

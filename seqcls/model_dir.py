@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .data import Columns
+from .prompts import Prompt
 from .errors import UsageError
 from .labels import MULTI, PROBLEM_TYPES, REGRESSION, LabelSpace, label_space_from_config
 
@@ -64,6 +65,9 @@ class ModelSettings:
     # temperature scaling folded into the head (seqcls.calibration.calibration_record): method, temperatures,
     # fitted_on, rows, before/after metrics. A record only: the weights already give the calibrated probabilities
     calibration: dict[str, Any] | None = field(default=None, compare=False)
+    prompt_template: str | None = None  # seqcls.prompts: what wraps every text (None, False, None: nothing)
+    use_chat_template: bool = False
+    system_prompt: str | None = None
     format: int = FORMAT
     seqcls_version: str | None = field(default=None, compare=False)
     source: str = field(default=SETTINGS_FILE, compare=False)  # where they were read from, for error messages
@@ -71,7 +75,11 @@ class ModelSettings:
     @property
     def columns(self) -> Columns:
         return Columns(text=list(self.text_column_names), delimiter=self.text_column_delimiter,
-                       pair=self.text_pair_column_name)
+                       pair=self.text_pair_column_name, prompt=self.prompt)
+
+    @property
+    def prompt(self) -> Prompt:
+        return Prompt(self.prompt_template, self.use_chat_template, self.system_prompt)
 
     def to_dict(self) -> dict[str, Any]:
         from . import __version__
@@ -90,6 +98,9 @@ class ModelSettings:
             "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
             **({"export": self.export} if self.export is not None else {}),
             "calibration": self.calibration,
+            "prompt_template": self.prompt_template,
+            "use_chat_template": self.use_chat_template,
+            "system_prompt": self.system_prompt,
         }
 
     @classmethod
@@ -176,10 +187,21 @@ class ModelSettings:
                     or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temps)):
                 raise bad("calibration.temperatures", f"must be {want} positive number(s), got "
                                                       f"{json.dumps(temps)[:80]}")
+        template, chat, system = (saved.get(k) for k in ("prompt_template", "use_chat_template", "system_prompt"))
+        for name, value in (("prompt_template", template), ("system_prompt", system)):
+            if value is not None and not isinstance(value, str):
+                raise bad(name, "must be a string or null")
+        if chat is not None and not isinstance(chat, bool):
+            raise bad("use_chat_template", "must be true or false")
+        try:
+            Prompt(template, bool(chat), system).check(pair)
+        except UsageError as e:
+            raise bad("prompt_template", f"is unusable ({e})") from None
         return cls(label_space=label_space, text_column_names=tuple(text), text_column_delimiter=delimiter,
                    text_pair_column_name=pair, max_seq_length=max_len, pooling_token=marker, thresholds=thresholds,
-                   calibration=calibration, export=export, format=fmt, seqcls_version=saved.get("seqcls_version"),
-                   source=where, **sides)
+                   calibration=calibration, export=export, prompt_template=template, use_chat_template=bool(chat),
+                   system_prompt=system, format=fmt, seqcls_version=saved.get("seqcls_version"), source=where,
+                   **sides)
 
 
 def write_settings(out_dir: str | Path, settings: ModelSettings) -> None:

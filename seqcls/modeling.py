@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError
-from .labels import LabelSpace
+from .labels import REGRESSION, LabelSpace
 
 logger = logging.getLogger(__name__)
 
@@ -509,3 +509,92 @@ def freeze_input_embeddings(model) -> int:
         p.requires_grad_(False)
         count += p.numel()
     return count
+
+
+def label_word_map(label_space: LabelSpace, words: list[str] | dict | None) -> dict[str, str]:
+    """LABEL=WORD pairs (a list of "LABEL=WORD", or a mapping from a YAML config) completed with the label names."""
+    given: dict[str, str] = {}
+    items = words if isinstance(words, dict) else None
+    if items is None and words and len(words) == 1 and isinstance(words[0], dict):
+        items = words[0]
+    if items is not None:
+        given = {str(k): str(v) for k, v in items.items()}
+    else:
+        for pair in words or []:
+            label, sep, word = str(pair).partition("=")
+            if not sep or not label or not word:
+                raise UsageError(f"label_words: {pair!r} is not LABEL=WORD; write e.g. --label_words 0=差 1=好")
+            given[label] = word
+    unknown = sorted(set(given) - set(label_space.names))
+    if unknown:
+        raise UsageError(f"label_words names unknown label(s) {unknown}; the labels are {list(label_space.names)}")
+    return {name: given.get(name, name) for name in label_space.names}
+
+
+def _lm_output_rows(model, model_dir: Path) -> torch.Tensor:
+    """The causal LM's output embedding matrix: the tied input embedding, else lm_head.weight from the checkpoint
+    (AutoModelForSequenceClassification does not load it; reading the one tensor beats loading the whole LM)."""
+    config = model.config
+    if getattr(config, "tie_word_embeddings", False):
+        return model.get_input_embeddings().weight
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = {k: model_dir / f for k, f in weight_map.items()}
+    else:
+        files = {}
+        from safetensors import safe_open
+
+        for f in model_dir.glob("*.safetensors"):
+            with safe_open(str(f), "pt") as st:
+                files.update({k: f for k in st.keys()})
+    key = next((k for k in files if k == "lm_head.weight" or k.endswith(".lm_head.weight")), None)
+    if key is None:
+        raise UsageError(f"head_init label_words: {model_dir} has no language-model head (no lm_head.weight in its "
+                         "safetensors weights, embeddings not tied); drop head_init")
+    from safetensors import safe_open
+
+    with safe_open(str(files[key]), "pt") as st:
+        return st.get_tensor(key)
+
+
+def init_head_from_label_words(model, tokenizer, label_space: LabelSpace, words: list[str] | dict | None,
+                               model_dir: str | Path) -> dict[str, int]:
+    """Start each row of the `score` head as the LM output row of its label word's FIRST token (a multi-token word:
+    its first token, logged), so the classifier's step-0 logits are the LM's next-token logits of those tokens at
+    the pooled position. Returns label -> token id."""
+    if label_space.problem_type == REGRESSION:
+        raise UsageError("head_init label_words needs labels; this is regression (one output, no label words)")
+    name, head = head_module(model)
+    if name != "score" or not isinstance(head, torch.nn.Linear) or getattr(model.config, "is_encoder_decoder", False):
+        raise UsageError(f"head_init label_words needs a decoder LLM whose head `score` reads the last token's hidden "
+                         f"state; {model.config.model_type} has a `{name}` head (no language-model head to start "
+                         "from); drop head_init")
+    mapping = label_word_map(label_space, words)
+    ids: dict[str, int] = {}
+    for label, word in mapping.items():
+        tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if not tokens or (unk is not None and tokens[0] == unk):
+            raise UsageError(f"label_words: {word!r} (label {label!r}) is not in the vocabulary of the tokenizer; "
+                             f"give another word with --label_words {label}=WORD")
+        if len(tokens) > 1:
+            logger.info("label word %r (label %r) is %d tokens; its first token %r starts the head row", word, label,
+                        len(tokens), tokenizer.convert_ids_to_tokens(tokens[0]))
+        ids[label] = tokens[0]
+    clash = [(a, b) for a in ids for b in ids if a < b and ids[a] == ids[b]]
+    if clash:
+        a, b = clash[0]
+        raise UsageError(f"label_words: labels {a!r} and {b!r} start with the same token "
+                         f"{tokenizer.convert_ids_to_tokens(ids[a])!r}, so their rows would be equal; give words that "
+                         f"differ in their first token (--label_words {a}=WORD {b}=WORD)")
+    rows = _lm_output_rows(model, Path(model_dir))
+    if max(ids.values()) >= rows.shape[0]:
+        raise UsageError(f"label_words: token id {max(ids.values())} is beyond the model's {rows.shape[0]} output rows")
+    with torch.no_grad():
+        index = torch.tensor([ids[n] for n in label_space.names], device=rows.device)
+        head.weight.copy_(rows.index_select(0, index).to(head.weight.device, head.weight.dtype))
+        if head.bias is not None:
+            head.bias.zero_()
+    logger.info("head_init label_words: %s", {n: tokenizer.convert_ids_to_tokens(i) for n, i in ids.items()})
+    return ids

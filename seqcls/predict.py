@@ -191,16 +191,19 @@ class Classifier:
         return rows[0] if single else rows
 
     def predict_logits(self, texts: Iterable[str], text_pairs: Iterable[str] | None = None, *,
-                       batch_size: int = 64, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+                       batch_size: int = 64, on_batch: Callable[[int], None] | None = None,
+                       columns: dict[str, Sequence[Any]] | None = None) -> np.ndarray:
         """Raw logits (n, num_labels) in input order; `on_batch(n_texts)` is called after every batch.
 
-        `texts` may be any iterable of strings (a list, a pandas Series, a generator)."""
+        `texts` may be any iterable of strings (a list, a pandas Series, a generator). The model's prompt template
+        (seqcls.json) is applied to each text; `columns` gives the values of its other {column} placeholders."""
         texts, text_pairs = _check_texts(texts, text_pairs, batch_size)
         out = [np.zeros((0, self.label_space.num_labels), dtype=np.float32)]
         for start in range(0, len(texts), CHUNK_SIZE):
             chunk = texts[start:start + CHUNK_SIZE]
             pairs = text_pairs[start:start + CHUNK_SIZE] if text_pairs is not None else None
-            encoded = encode_texts(self.tokenizer, chunk, pairs, self.max_length)
+            extra = {c: list(v)[start:start + CHUNK_SIZE] for c, v in (columns or {}).items()}
+            encoded = encode_texts(self.tokenizer, chunk, pairs, self.max_length, False, self.columns.prompt, extra)
             out.append(self._forward_sorted(encoded, batch_size, on_batch))
         return np.concatenate(out)
 
@@ -498,7 +501,10 @@ def read_rows(stream, name: str, fmt: str, cols: Columns,
                              f"({cols.pair!r}); give JSONL or CSV with the columns")
         if id_column:
             raise UsageError(f"{name}: plain text has no columns, so no id column {id_column!r}; give JSONL or CSV")
-        text_only = Columns(text=["text"])
+        if cols.prompt.extra_columns():
+            raise UsageError(f"{name}: plain text has no columns, but the model's prompt_template reads "
+                             f"{cols.prompt.extra_columns()}; give JSONL or CSV with those columns")
+        text_only = Columns(text=["text"], prompt=cols.prompt)
         return text_only, read_text(lines, text_only)
     return cols, read_jsonl(lines, cols, id_column)
 
@@ -658,6 +664,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             text_pair_column_name=args.text_pair_column_name or saved.pair,
             label_column_name="label", id_column=args.id_column,
         ))
+        cols.prompt = saved.prompt  # the trained prompt template (its {column}s are read from the input)
         name = "<stdin>" if args.input == "-" else args.input
         cols, rows = read_rows(stream, name, args.input_format, cols, args.id_column)
         show = sys.stderr.isatty()
@@ -686,7 +693,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 batch = {c: [r.values[c] for r in good] for c in cols.inputs}
                 texts = join_texts(batch, cols.text, cols.delimiter)
                 pairs = batch.get(cols.pair) if cols.pair else None
-                logits = clf.predict_logits(texts, pairs, batch_size=args.batch_size, on_batch=progress.update)
+                extra = {c: batch[c] for c in cols.prompt.extra_columns()}
+                logits = clf.predict_logits(texts, pairs, batch_size=args.batch_size, on_batch=progress.update,
+                                            columns=extra)
                 for row, result in zip(good, decode(clf.label_space, logits, clf.thresholds, args.top_k)):
                     writer.write({"id": row.values[args.id_column] if args.id_column else row.index, **result})
                 counts["predicted"] += len(good)

@@ -630,8 +630,21 @@ def usage_section(settings, model_dir: str, is_lora: bool) -> list[str]:
         joined = f" + {json.dumps(cols.delimiter)} + ".join(cols.text)
         notes.append(f"The model was trained on the columns {', '.join(f'`{c}`' for c in cols.text)} joined: send "
                      f"`{joined}` as the text (seqcls joins them itself).")
-    if cols.pair:
+    if cols.pair and not cols.prompt.active:
         notes.append(f"Sentence pairs: the second text (`{cols.pair}` in training) goes in `text_pair`.")
+    if cols.prompt.active:
+        p = cols.prompt
+        how = (f"the prompt template {json.dumps(p.template, ensure_ascii=False)}" if p.template else "")
+        if p.use_chat_template:
+            how += (" inside " if how else "") + "the tokenizer's chat template (the text as the user turn, with the " \
+                   "generation prompt" + (f", system prompt {json.dumps(p.system_prompt, ensure_ascii=False)}"
+                                          if p.system_prompt is not None else "") + ")"
+        notes.append(f"Prompt: every text was wrapped in {how} (`seqcls.json`: prompt_template, use_chat_template, "
+                     "system_prompt). `pipeline` and vLLM cannot apply it: send the filled template (for the chat "
+                     "template, `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`"
+                     "), with {text}" + (" and {text_pair}" if cols.pair else "") + " replaced by the text. A text "
+                     "too long for the trained length must be cut inside the template before filling it (seqcls cuts "
+                     "only the text); `truncation=True` would cut the template's end instead.")
     if space.problem_type == MULTI:
         if settings.thresholds:
             table = ", ".join(f"{n} {t:g}" for n, t in zip(space.names, settings.thresholds))

@@ -35,7 +35,8 @@ from .model_dir import (ModelSettings, is_adapter_dir, local_dir, trained_settin
 from .model_dir import load as load_trained
 from .model_dir import save as save_model_dir
 from .modeling import (apply_lora, check_head_unquantized, check_model_source, check_vocab_ids, checkpointing_on,
-                       freeze_input_embeddings, load_model, load_tokenizer, max_length_for, pooling_token,
+                       freeze_input_embeddings, init_head_from_label_words, load_model, load_tokenizer,
+                       max_length_for, pooling_token,
                        prepare_precision, quantization_config, resolve_dtype, set_sides)
 from .outputs import classification_report, decode, write_json, write_jsonl
 from .packing import LAST_TOKEN_KEY, PackedForward
@@ -299,7 +300,18 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         model, tokenizer, max_length = trained.model, trained.tokenizer, trained.max_length
         marker = settings.pooling_token
         check_same_input(model_args, settings, tokenizer)
+        if cols.prompt.active and cols.prompt != settings.prompt:
+            raise UsageError("the model was trained with another prompt (seqcls.json prompt_template / "
+                             "use_chat_template / system_prompt); drop these options, they are applied from the "
+                             "model directory")
+        cols.prompt = settings.prompt
     check_vocab_ids(model, tokenizer, marker)
+    cols.prompt.resolve(tokenizer)  # a chat template the tokenizer does not have: refused before any work
+    if model_args.head_init == "label_words":
+        if settings is not None:
+            raise UsageError("head_init label_words starts a new head; the model is already trained: drop it")
+        init_head_from_label_words(model, tokenizer, label_space, model_args.label_words,
+                                   local_dir(model_args.model_name_or_path, token))
     if quantization is not None:
         check_head_unquantized(model, dtype)
     prepare_precision(model, training_args.fp16, dtype)
@@ -404,7 +416,9 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
                 text_pair_column_name=cols.pair, max_seq_length=max_length, truncation_side=tokenizer.truncation_side,
                 padding_side=tokenizer.padding_side, pooling_token=marker,
                 thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
-                calibration=calibration))
+                calibration=calibration,
+                prompt_template=cols.prompt.template, use_chat_template=cols.prompt.use_chat_template,
+                system_prompt=cols.prompt.system_prompt))
             write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
 
     # --- Recalibrate a trained model on new labelled data: a new model directory with the fold --------------

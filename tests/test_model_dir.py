@@ -74,6 +74,7 @@ def variant_args(name: str, data: dict[str, Path]) -> tuple[list[str], Path]:
                                       "0"], test),
         "two_columns": (["--train_file", str(data["two_train"]), "--text_column_names", "title,body",
                          "--text_column_delimiter", " | "], data["two_test"]),
+        "prompt": (single + ["--prompt_template", "评论：{text}\n情感：", "--max_seq_length", "128"], test),
     }
     extra, test_file = table[name]
     return extra, test_file
@@ -142,6 +143,10 @@ def pipeline_rows(run: Path, test_file: Path, settings: model_dir.ModelSettings)
     pipe = pipeline("text-classification", model=str(run), top_k=None, function_to_apply=function, device="cpu")
     rows = read_jsonl(test_file)
     texts = [cols.delimiter.join(r[c] for c in cols.text) for r in rows]
+    if cols.prompt.active:  # what the model card says to send: the filled template
+        from seqcls.prompts import fill
+
+        texts = [fill(cols.prompt.resolve(pipe.tokenizer), {**r, "text": t}) for t, r in zip(texts, rows)]
     inputs = [{"text": t, "text_pair": r[cols.pair]} for t, r in zip(texts, rows)] if cols.pair else texts
     results = pipe(inputs, truncation=True, batch_size=1)
     out = []
@@ -159,7 +164,7 @@ def pipeline_rows(run: Path, test_file: Path, settings: model_dir.ModelSettings)
 
 
 VARIANTS = ["plain", "lora", "merged", "append_eos", "cls_token", "truncation_left", "multi_label",
-            "pair_regression", "two_columns", "calibrated", "calibrated_lora", "calibrated_merged"]
+            "pair_regression", "two_columns", "calibrated", "calibrated_lora", "calibrated_merged", "prompt"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
