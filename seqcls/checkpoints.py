@@ -196,6 +196,8 @@ NOT_IDENTITY = frozenset({
     "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "dataloader_persistent_workers",
     "dataloader_pin_memory", "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "local_rank",
     "ddp_timeout", "ddp_backend", "debug", "skip_memory_metrics", "torch_empty_cache_steps", "ignore_data_skip",
+    # how the same step is computed, tested to give the same weights: a resume may switch it
+    "embedding_update",
 })
 # Options that change what evaluation and prediction write but not the trained model: a resume may change them,
 # a finished run rerun with another value is not the same run.

@@ -110,9 +110,11 @@ def test_rerun_resumes_and_a_finished_run_is_not_clobbered(tiny_model_dir, tmp_p
     listing = sorted(p.name for p in out.iterdir())
     again = run_cli(*train_args(tiny_model_dir, out, "--save_strategy", "steps", "--save_steps", "5",
                                 "--max_steps", "5", test=None))
-    # a checkpoint is there: the same command resumes from it (nothing left to train) and succeeds
+    # the same command again: a finished run is recognised (its checkpoint is not resumed past max_steps), nothing
+    # is rewritten, and it succeeds, as sweeps rely on
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stdout + again.stderr
+    assert "nothing to do" in again.stdout + again.stderr and "resuming from" not in again.stdout + again.stderr
+    assert sorted(p.name for p in out.iterdir()) == listing
     # without checkpoints, a finished output_dir is refused, and left as it was
     for ckpt in out.glob("checkpoint-*"):
         import shutil
