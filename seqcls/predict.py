@@ -93,7 +93,7 @@ class Classifier:
     def from_pretrained(cls, model_dir: str | Path, *, device: str | None = None, dtype: str | None = None,
                         max_length: int | None = None, attn_implementation: str | None = "sdpa",
                         trust_remote_code: bool = False, backend: str | None = None,
-                        num_threads: int | None = None) -> "Classifier":
+                        num_threads: int | None = None, use_safetensors: bool = True) -> "Classifier":
         """Load a model directory written by training (or any Hugging Face classifier directory, or a LoRA
         adapter directory whose base model is reachable).
 
@@ -102,6 +102,7 @@ class Classifier:
         "float16". max_length: truncation in tokens; default the one used in training (seqcls.json).
         backend: "torch", or "onnx" (ONNX Runtime on CPU, a directory written by seqcls-export); default "onnx"
         when the directory holds model.onnx, else "torch". num_threads: ONNX Runtime's intra-op threads.
+        use_safetensors: refuse pickle-only weights (they can run code when loaded), as training does.
         """
         from .model_dir import load, read_settings
 
@@ -121,7 +122,7 @@ class Classifier:
 
         torch_device, torch_dtype = resolve_device_dtype(device, dtype)
         trained = load(model_dir, device=torch_device, dtype=torch_dtype, attn_implementation=attn_implementation,
-                       trust_remote_code=trust_remote_code, max_length=max_length)
+                       trust_remote_code=trust_remote_code, max_length=max_length, use_safetensors=use_safetensors)
         settings = trained.settings
         clf = cls(trained.model, trained.tokenizer, settings.label_space, max_length=trained.max_length,
                   thresholds=settings.thresholds, columns=settings.columns)
@@ -602,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="With --on_error skip: exit with status 1 when more than this share of the rows was skipped "
                         f"(default {MAX_SKIPPED_SHARE}), and always when every row was; the output is still written.")
     p.add_argument("--trust_remote_code", action="store_true", help="Run modelling code shipped with the model.")
+    p.add_argument("--use_safetensors", type=lambda v: v.lower() not in ("false", "0", "no"), default=True,
+                   help="Default true: weights only from safetensors, as training loads them; false also loads "
+                        "pickle weights (pytorch_model.bin), which can run code: only for files you trust.")
     return p
 
 
@@ -656,7 +660,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         quiet_transformers()
         clf = Classifier.from_pretrained(args.model_dir, device=args.device, dtype=args.dtype,
                                          max_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
-                                         backend=args.backend, num_threads=args.num_threads)
+                                         backend=args.backend, num_threads=args.num_threads,
+                                         use_safetensors=args.use_safetensors)
         saved = clf.columns
         cols = Columns.from_args(SimpleNamespace(
             text_column_names=args.text_column_names or saved.text,

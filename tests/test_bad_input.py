@@ -406,9 +406,20 @@ PREDICT_CASES: dict[str, tuple[dict, list[str], list[str]]] = {
                                  ["{d}/model"]),
     "lora_adapter_without_base_model": ({"in.jsonl": '{"text": "好吃"}\n'}, ["model={d}/adapter", "setup=adapter"],
                                         ["{d}/missing-base"]),
+    "pickle_weights_only": ({"in.jsonl": '{"text": "好吃"}\n'}, ["model={d}/model", "setup=bin_only"],
+                            ["{d}/model has only pickle weights (pytorch_model.bin)", "--use_safetensors false"]),
 }
+def trained_with_bin_weights_only(d: Path, trained: Path) -> None:
+    """A trained classifier whose weights are only a pickle file (as an older tool may have saved it)."""
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(trained, d / "model", ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(trained / "model.safetensors"), d / "model/pytorch_model.bin")
+
+
 PREDICT_SETUPS = {"no_label_map": model_without_label_map, "no_head": model_without_score_head,
-                  "adapter": adapter_without_base}
+                  "adapter": adapter_without_base, "bin_only": trained_with_bin_weights_only}
 
 
 @needs_predict
@@ -421,8 +432,9 @@ def test_prediction_bad_input(name, tmp_path, tiny_model_dir, request, capfd):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content, encoding="utf-8")
     options = dict(e.split("=", 1) for e in extra)
-    if "setup" in options:
-        PREDICT_SETUPS[options["setup"]](d, tiny_model_dir)
+    if "setup" in options:  # the pickle case starts from a trained classifier, the others from the base model
+        base = request.getfixturevalue("trained_model_dir") if options["setup"] == "bin_only" else tiny_model_dir
+        PREDICT_SETUPS[options["setup"]](d, base)
     model = options["model"].replace("{d}", str(d)) if "model" in options \
         else str(request.getfixturevalue("trained_model_dir"))
     source = next((d / f for f in files if f.startswith("in.")), d / "in.jsonl")
@@ -456,3 +468,15 @@ def test_yaml_config_cannot_run_code(tmp_path):
     with pytest.raises(UsageError, match=r"config.yaml:2: not valid YAML"):
         parse_args([str(config)])
     assert not marker.exists()
+
+
+def test_prediction_loads_pickle_weights_when_the_user_opts_in(tmp_path, trained_model_dir):
+    """seqcls-predict loads what training loads: a .bin-only classifier only with --use_safetensors false."""
+    from seqcls import predict
+
+    trained_with_bin_weights_only(tmp_path, trained_model_dir)
+    (tmp_path / "in.jsonl").write_text('{"text": "好吃"}\n', encoding="utf-8")
+    out = tmp_path / "pred.jsonl"
+    assert predict.cli([str(tmp_path / "model"), str(tmp_path / "in.jsonl"), "-o", str(out),
+                        "--use_safetensors", "false"]) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["label"] in ("积极", "消极", "中立")
