@@ -23,9 +23,7 @@ import argparse
 import dataclasses
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 import numpy as np
 
@@ -46,6 +44,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, format: str = "onnx", qu
     """Write `run_dir` (a training run, a merged or LoRA adapter directory) as an ONNX model directory `out_dir`,
     atomically (a temporary directory renamed at the end)."""
     from .model_dir import read_settings, settings_from_config, write_settings
+    from .outputs import atomic_dir
     from .predict import ONNX_MODEL, Classifier, quiet_transformers
 
     run, out = Path(run_dir), Path(out_dir)
@@ -68,9 +67,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, format: str = "onnx", qu
     quiet_transformers()
     clf = Classifier.from_pretrained(run, device="cpu", dtype="float32")
     names = input_names(clf)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         fp32 = tmp / ("model_fp32.onnx" if quantize else ONNX_MODEL)
         export_graph(clf, names, fp32, opset)
         max_diff = check_parity(clf, fp32, names)
@@ -85,11 +82,6 @@ def export(run_dir: str | Path, out_dir: str | Path, *, format: str = "onnx", qu
         write_settings(tmp, dataclasses.replace(settings, max_seq_length=clf.max_length, export={
             "format": format, "quantize": quantize, "inputs": names, "exported_from": str(run),
             "fp32_max_abs_logit_diff": max_diff, "quantized_ops": QUANTIZED_OPS if quantize else None}))
-        os.chmod(tmp, 0o755 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %s to %s (%s%s, inputs %s, fp32 max |diff| %.2g)", run, out, format,
                 f", {quantize}" if quantize else "", ", ".join(names), max_diff)
     return out
@@ -171,12 +163,6 @@ def quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -522,37 +520,13 @@ def save(out_dir: str | Path, model, tokenizer, settings: ModelSettings, overwri
     others = [p for p in out.iterdir() if p.name not in carry] if out.is_dir() else []
     if out.exists() and (not out.is_dir() or others) and not overwrite:
         raise UsageError(f"{out} exists and is not empty; choose another output directory or add --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from .outputs import atomic_dir
+
+    with atomic_dir(out, carry) as tmp:
         model.save_pretrained(str(tmp))
         apply_settings(tokenizer, settings)
         tokenizer.save_pretrained(str(tmp))
         write_settings(tmp, settings)
         for name, source in (extra or {}).items():
             shutil.copy2(source, tmp / name)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: a serving account must be able to read it
-        for f in tmp.iterdir():
-            if f.is_file():
-                os.chmod(f, 0o666 & ~_umask())
-        for name in carry:
-            if (out / name).exists():
-                os.replace(out / name, tmp / name)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

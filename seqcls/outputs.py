@@ -87,6 +87,37 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, carry: Sequence[str] = ()) -> Iterator[Path]:
+    """Write a directory whole or not at all: the block fills a temporary directory beside `path`, which then gets
+    the modes an ordinary mkdir/open would give (mkdtemp alone gives 0700) and replaces `path`. `carry`: names of
+    files the old `path` holds that move into the new one (a run's lock and identity)."""
+    import shutil
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        mask = _umask()
+        for f in [tmp, *tmp.rglob("*")]:
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
+        for name in carry:
+            if (out / name).exists():
+                os.replace(out / name, tmp / name)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def is_temporary(path: str | Path) -> bool:
     """A file atomic_open is still writing, or one a killed writer left: readers skip these."""
     name = Path(path).name
