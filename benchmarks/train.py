@@ -644,7 +644,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["training", "evaluation", "tokenization"],
                         choices=["training", "evaluation", "tokenization"],
                         help="training: the arms; evaluation: input order vs length-sorted; tokenization: 100,000 rows")
-    parser.add_argument("--profile", metavar="MODEL|DATASET|ARM", help="one arm: 4 whole steps timed by phase (CPU s) with their MFU, then 4 under torch.profiler; exit")
+    parser.add_argument("--profile", metavar="MODEL|DATASET|ARM", help="one arm: 4 whole steps timed by phase (CPU s) with their MFU, then 4 under "
+                        "torch.profiler; exit")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     if "ours+flash" in args.arms and (args.device != "cuda" or importlib.util.find_spec("flash_attn") is None):
