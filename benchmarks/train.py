@@ -3,7 +3,7 @@
     python benchmarks/train.py                      # everything (tiny and small model, waimai_10k and goemotions)
     python benchmarks/train.py --models small --datasets waimai_10k --seeds 0
     python benchmarks/train.py --parts evaluation tokenization
-    python benchmarks/train.py --profile "small|waimai_10k|ours"     # torch.profiler over 4 training steps
+    python benchmarks/train.py --profile "small|waimai_10k|ours"     # a step's phases (CPU s), MFU, torch.profiler
 
 Arms, each trained in its own subprocess (peak RSS is per arm) with the same seed, epochs, learning rate and
 per-device batch size (32 rows, max_seq_length 128, 1 epoch, first 3000 train / 1000 validation rows):
@@ -147,30 +147,105 @@ def worker(spec: dict) -> None:
     Path(spec["result_file"]).write_text(json.dumps(out))
 
 
+SPARSE_ROWS = "(of the optimizer step: the sparse embedding's rows)"
+
+
 def profile_training_steps(recipe, steps: int) -> None:
-    """Profile training steps 3..3+steps with torch.profiler and print the operators by self CPU time."""
+    """Where a training step's time goes: after 2 warm-up steps, `steps` whole optimizer steps timed by phase in CPU
+    seconds (forward, backward, gradient norm and clipping, optimizer step, zero_grad; the sparse embedding's row
+    step apart), with the real tokens they held; then `steps` more under torch.profiler (operators by self CPU
+    time). Printed as JSON lines ("PROFILE {...}") and tables; the parent adds MFU against its matmul ceiling."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    original = recipe.ClassificationTrainer.training_step
-    state = {"n": 0, "prof": None}
+    from seqcls.embedding import RowSparseAdamW
 
-    def training_step(self, *args, **kwargs):
-        state["n"] += 1
-        if state["n"] == 3:
-            state["prof"] = profile(activities=[ProfilerActivity.CPU], record_shapes=True).__enter__()
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            if state["n"] == 2 + steps and state["prof"] is not None:
-                prof, state["prof"] = state["prof"], None
-                prof.__exit__(None, None, None)
-                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20,
-                                                max_name_column_width=40), flush=True)
-                print(prof.key_averages(group_by_input_shape=True).table(
-                    sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=30,
-                    max_shapes_column_width=60), flush=True)
+    window = {"n": 0, "timing": False, "prof": None, "phases": {}, "tokens": 0, "sum_sq": 0, "cpu": 0.0}
 
-    recipe.ClassificationTrainer.training_step = training_step
+    active: set[str] = set()
+
+    def timed(owner, name: str, phase: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            if not window["timing"] or phase in active:  # a nested call of the same phase counts once
+                return original(*args, **kwargs)
+            active.add(phase)
+            t = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                active.discard(phase)
+                window["phases"][phase] = window["phases"].get(phase, 0.0) + time.process_time() - t
+        setattr(owner, name, wrapper)
+
+    trainer_cls = recipe.ClassificationTrainer
+    timed(trainer_cls, "compute_loss", "forward (incl. loss)")
+    timed(trainer_cls, "_clip_grad_norm", "gradient norm + clipping")
+    timed(trainer_cls, "_get_grad_norm", "gradient norm + clipping")
+    timed(RowSparseAdamW, "_step_rows", SPARSE_ROWS)
+    timed(RowSparseAdamW, "step", "optimizer step")
+    timed(torch.optim.AdamW, "step", "optimizer step")
+    timed(torch.nn.Module, "zero_grad", "zero_grad")
+    import accelerate
+
+    timed(accelerate.Accelerator, "backward", "backward")
+    original = trainer_cls.training_step
+
+    def real_lengths(inputs: dict, pad_id: int) -> list[int]:
+        ids = inputs["input_ids"]
+        if "position_ids" in inputs:  # packed: an example per run of positions from 0; the all-pad tail left out
+            lengths = []
+            for row, pos in zip(ids, inputs["position_ids"]):
+                starts = (pos == 0).nonzero().squeeze(1).tolist() + [len(pos)]
+                lengths += [b - a for a, b in zip(starts, starts[1:]) if (row[a:b] != pad_id).any()]
+            return lengths
+        return inputs["attention_mask"].sum(dim=1).tolist()
+
+    def report() -> None:
+        total = window["cpu"]
+        phases = dict(window["phases"])
+        accounted = sum(v for k, v in phases.items() if k != SPARSE_ROWS)
+        phases["rest (dataloader, collator, Trainer loop, logging)"] = total - accounted
+        print("PROFILE " + json.dumps({"steps": steps, "cpu_s": total, "real_tokens": window["tokens"],
+                                       "sum_sq": window["sum_sq"], "phases": phases}), flush=True)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        window["n"] += 1
+        n = window["n"]
+        if n == 3:  # whole steps 3 .. 2 + steps, timed by phase
+            window["timing"], window["cpu0"] = True, time.process_time()
+        if n == 3 + steps:
+            window["cpu"] = time.process_time() - window["cpu0"]
+            window["timing"] = False
+            report()
+            window["prof"] = profile(activities=[ProfilerActivity.CPU]).__enter__()
+        if n == 3 + 2 * steps and window["prof"] is not None:
+            prof, window["prof"] = window["prof"], None
+            prof.__exit__(None, None, None)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48),
+                  flush=True)
+        if window["timing"]:
+            lengths = real_lengths(inputs, self.model.config.pad_token_id)
+            window["tokens"] += sum(lengths)
+            window["sum_sq"] += sum(x * x for x in lengths)
+        return original(self, model, inputs, *args, **kwargs)
+
+    trainer_cls.training_step = training_step
+
+
+def profile_summary(record: dict, shape: dict, ceilings: list[float]) -> str:
+    """The profiled steps' phases as a table, with the window's real-token MFU against the best matmul ceiling."""
+    total = record["cpu_s"]
+    flops = 6 * shape["non_embedding_params"] * record["real_tokens"] + 12 * shape["layers"] * shape["hidden"] * \
+        record["sum_sq"]
+    lines = [f"{record['steps']} whole steps, {total:.2f} CPU s, {record['real_tokens']} real tokens; matmul ceiling "
+             + ", ".join(f"{c:.0f}" for c in ceilings) + " GFLOP/s (before, after; the max is used); model "
+             f"{flops / total / 1e9:.1f} GFLOP/s, real-token MFU {flops / total / (max(ceilings) * 1e9):.1%}",
+             "", "| phase | CPU s per step | share |", "|---|---|---|"]
+    for phase, seconds in sorted(record["phases"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {phase} | {seconds / record['steps']:.3f} | {seconds / total:.1%} |")
+    return "\n".join(lines)
 
 
 def tokenize_worker(spec: dict) -> None:
@@ -228,12 +303,15 @@ def worker_env(threads: int, hf_home: Path) -> dict:
 
 
 def matmul_ceiling(threads: int, device: str = "cpu", seconds: float = 3.0) -> float:
-    """Best GFLOP/s of torch.mm over square sizes: fp32 with `threads` intra-op threads on the CPU, bf16 on a GPU."""
+    """Best GFLOP/s of torch.mm over square sizes: fp32 with `threads` intra-op threads on the CPU, bf16 on a GPU.
+    On the CPU per CPU second of this process, like the arms' rates (wall clock would read the other jobs' load
+    on a shared machine as a lower ceiling)."""
     import torch
 
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     sizes = (4096, 8192) if device == "cuda" else (512, 1024, 2048)
+    clock = time.perf_counter if device == "cuda" else time.process_time
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -242,12 +320,12 @@ def matmul_ceiling(threads: int, device: str = "cpu", seconds: float = 3.0) -> f
         while time.perf_counter() < end:
             if device == "cuda":
                 torch.cuda.synchronize()
-            t = time.perf_counter()
+            t = clock()
             for _ in range(3):
                 torch.mm(a, b)
             if device == "cuda":
                 torch.cuda.synchronize()
-            best = max(best, 3 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+            best = max(best, 3 * 2 * n**3 / (clock() - t) / 1e9)
     return best
 
 
@@ -566,7 +644,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["training", "evaluation", "tokenization"],
                         choices=["training", "evaluation", "tokenization"],
                         help="training: the arms; evaluation: input order vs length-sorted; tokenization: 100,000 rows")
-    parser.add_argument("--profile", metavar="MODEL|DATASET|ARM", help="profile 4 training steps of one arm and exit")
+    parser.add_argument("--profile", metavar="MODEL|DATASET|ARM", help="one arm: 4 whole steps timed by phase (CPU s) with their MFU, then 4 under "
+                        "torch.profiler; exit")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     if "ours+flash" in args.arms and (args.device != "cuda" or importlib.util.find_spec("flash_attn") is None):
@@ -580,12 +659,19 @@ def main() -> None:
         if args.profile:
             m, d, arm = args.profile.split("|")
             model_dir = build_model(m)
-            spec = {"argv": arm_argv(model_dir, d, arm, work / "out", m, args.seeds[0], args.device, args.train_rows,
-                                     args.eval_rows),
+            steps = 4
+            spec = {"argv": arm_argv(model_dir, d, arm, work / "out", m, args.seeds[0], args.device,
+                                     min(args.train_rows, (3 + 2 * steps) * 32), 32),
                     "threads": args.threads,
-                    "profile_steps": 4}
+                    "profile_steps": steps}
+            ceilings = [matmul_ceiling(args.threads, args.device)]
             run_worker("worker", spec, worker_env(args.threads, work / "hf_home"), log)
-            print(log.read_text(encoding="utf-8")[-12000:])
+            ceilings.append(matmul_ceiling(args.threads, args.device))
+            text = log.read_text(encoding="utf-8")
+            print(text[text.rindex("PROFILE "):][:14000])
+            print(profile_summary(json.loads(text[text.rindex("PROFILE ") + 8:].splitlines()[0]),
+                                  model_shape(model_dir), ceilings))
+            print(f"load at end: {load_average()}")
             return
         report: dict = {"machine": machine(), "device": args.device, "threads": args.threads,
                         "load_start": load_average(),

@@ -371,7 +371,8 @@ class TrainingArguments(transformers.TrainingArguments):
         default="auto",
         metadata={
             "help": "How the input embedding is trained. sparse: gradients and AdamW steps only for the rows the "
-            "data has touched, exactly the dense result (weight decay 0, one process, torch AdamW); auto "
+            "data has touched, exactly the dense result (weight decay 0, torch AdamW, one process or DDP; not "
+            "FSDP/DeepSpeed); auto "
             "(default): sparse where it is exact, else dense (the log says why); dense: every row every step.",
             "choices": ["auto", "sparse", "dense"],
         },

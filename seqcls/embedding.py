@@ -13,11 +13,19 @@ single-tensor, as the Trainer chose) over the gathered rows, so each element see
 dense step, with the same step count, learning rate, betas, eps and bias correction. The optimizer state keeps
 torch's layout (full-size `exp_avg`, `exp_avg_sq`, `step`), so checkpoints load into a dense or sparse run alike.
 
+Several processes (DDP): the embedding is left out of DDP's bucketed all-reduce (which takes dense gradients only)
+and its rows are all-reduced by `all_reduce_rows` when DDP reduces the rest (not under `no_sync`, so accumulated
+micro-batches are summed first, as in DDP): the union of the rows any process used, each process's gradient of
+those rows divided by the world size and summed, which is DDP's arithmetic on the only rows where the dense
+gradient is not zero. DDP broadcasts the weights it manages from process 0 at start; `replicate_across_processes`
+does the same for the embedding.
+
 Where this would not be exact it is not used (`auto` falls back to dense with a log line; `sparse` is refused):
-- weight_decay > 0: dense AdamW decays every row every step; applying the skipped decay lazily is a product of
-  per-step factors whose rounding differs from the dense run's step-by-step multiply, so not identical;
-- several processes (DDP, FSDP, DeepSpeed): DDP's bucketed all-reduce and FSDP/ZeRO's sharded flat parameters
-  take dense gradients only; refused rather than re-implementing their all-reduce;
+- weight_decay > 0: dense AdamW decays every row every step, also the rows never used. Exact lazy decay would
+  replay each skipped step's multiply, in order, before a row is next read (every forward, evaluation and
+  prediction included) or saved (every checkpoint: a pass over the matrix per skipped step); not done;
+- FSDP and DeepSpeed: they shard the flat parameters and reduce-scatter dense gradients, and ZeRO runs its own
+  optimizer, so neither a row-indexed gradient nor `RowSparseAdamW` fits; refused rather than re-implemented;
 - fp16 (GradScaler), an optimizer other than torch's AdamW (`optim` adamw_torch or adamw_torch_fused), an
   embedding whose weight another module shares (tied output embeddings; a sequence-classification model keeps no
   LM head, so Qwen2's `tie_word_embeddings` ties nothing there) or with `max_norm` (renormalises rows in forward).
@@ -29,6 +37,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .errors import UsageError
@@ -52,9 +61,8 @@ def why_not_sparse(model: nn.Module, training_args) -> str | None:
     optim = str(getattr(training_args.optim, "value", training_args.optim))
     if optim not in EXACT_OPTIMIZERS:
         return f"optim {optim} (the sparse step reproduces {' and '.join(EXACT_OPTIMIZERS)} only)"
-    if training_args.world_size > 1 or training_args.fsdp or training_args.deepspeed:
-        return ("several processes (DDP, FSDP, DeepSpeed) all-reduce or shard dense gradients only; "
-                f"world size {training_args.world_size}")
+    if training_args.fsdp or training_args.deepspeed:
+        return "FSDP and DeepSpeed shard and reduce-scatter dense gradients only (DDP is supported)"
     if training_args.fp16:
         return "fp16 (the gradient scaler's unscale and skip are not reproduced)"
     weight = embedding.weight
@@ -87,6 +95,12 @@ def plan_embedding_update(model: nn.Module, training_args) -> nn.Parameter | Non
     # each backward's rows summed now, in the dense backward's order: accumulated micro-batches then add up as
     # dense gradients do (torch's coalesce sums repeated rows in another order: last-bit differences)
     embedding.weight.register_hook(coalesce_in_order)
+    if training_args.world_size > 1:  # DDP must not bucket it: its rows are all-reduced by all_reduce_rows
+        from torch.nn.parallel import DistributedDataParallel
+
+        name = next(n for n, p in model.named_parameters() if p is embedding.weight)
+        ignored = [*getattr(model, "_ddp_params_and_buffers_to_ignore", []), name]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     logger.info("embedding_update %s: sparse gradients and exact AdamW steps for the %d-row input embedding's "
                 "touched rows only", setting, embedding.weight.shape[0])
     return embedding.weight
@@ -101,6 +115,46 @@ def coalesce_in_order(grad: torch.Tensor) -> torch.Tensor:
     rows, position = torch.unique(index, sorted=True, return_inverse=True)
     summed = values.new_zeros((rows.numel(), *values.shape[1:])).index_add_(0, position, values)
     return torch.sparse_coo_tensor(rows.unsqueeze(0), summed, grad.shape, is_coalesced=True)
+
+
+def all_reduce_rows(grad: torch.Tensor, group=None) -> torch.Tensor:
+    """DDP's average of a row-sparse gradient over the processes: the rows any process used, each process's
+    gradient of them times 1/world size (as DDP's reducer scales before its sum), summed by one dense all-reduce
+    of just those rows. Every element sees DDP's arithmetic (rows a process did not use add its exact zero)."""
+    world_size = dist.get_world_size(group)
+    grad = coalesce_in_order(grad)
+    rows, values = grad._indices()[0], grad._values()
+    # the union of the used rows as a one-byte mask per row (152 kB for Qwen2's vocabulary): one fixed-size
+    # all-reduce, where gathering each process's row ids would need their counts first
+    used = torch.zeros(grad.shape[0], dtype=torch.uint8, device=values.device)
+    used[rows] = 1
+    dist.all_reduce(used, op=dist.ReduceOp.MAX, group=group)
+    union = used.nonzero().squeeze(1)
+    block = values.new_zeros((union.numel(), *values.shape[1:]))
+    block[torch.searchsorted(union, rows)] = values * (1.0 / world_size)
+    dist.all_reduce(block, group=group)
+    return torch.sparse_coo_tensor(union.unsqueeze(0), block, grad.shape, is_coalesced=True)
+
+
+def replicate_across_processes(weight: nn.Parameter, must_sync) -> None:
+    """Under several processes, do for the sparse embedding what DDP does for the weights it manages: broadcast
+    it from process 0 (call once the model is on its device), and average its gradient over the processes
+    whenever `must_sync()` (DDP's `require_backward_grad_sync`, False under `no_sync`) says DDP reduces the rest."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    with torch.no_grad():
+        dist.broadcast(weight, src=0)
+
+    def reduce() -> None:
+        weight.grad = all_reduce_rows(weight.grad)
+
+    def after_accumulation(param: nn.Parameter) -> None:
+        if must_sync():
+            # run at the end of this backward, after DDP's own finalize (queued when its last bucket was
+            # launched), so that every process issues its collectives in the same order
+            torch.autograd.Variable._execution_engine.queue_callback(reduce)
+
+    weight.register_post_accumulate_grad_hook(after_accumulation)
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ from .checkpoints import (IDENTITY_FILE, LOCK_FILE, LOSS_TALLY, GracefulStop, In
                           RestoreLossTally, finished_results, loss_tally, output_dir_lock, plan_run, set_aside_incomplete,
                           write_identity)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
-from .embedding import RowSparseAdamW, clip_grad_norm, plan_embedding_update
+from .embedding import RowSparseAdamW, clip_grad_norm, plan_embedding_update, replicate_across_processes
 from .errors import UsageError
 from .labels import MULTI, build_label_space
 from .loss import ClassificationLoss, resolve_class_weights
@@ -78,6 +78,9 @@ class ClassificationTrainer(Trainer):
         self.train_data_collator = train_data_collator
         self.max_tokens_per_batch = max_tokens_per_batch
         self.sparse_embedding = sparse_embedding  # embedding_update sparse: its weight (seqcls/embedding.py)
+        if sparse_embedding is not None:  # under DDP: broadcast, and all-reduced whenever DDP reduces the rest
+            replicate_across_processes(
+                sparse_embedding, lambda: getattr(self.model_wrapped, "require_backward_grad_sync", True))
         self.loss_tally = RestoreLossTally(self)
         self.add_callback(self.loss_tally)
 

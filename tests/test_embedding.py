@@ -99,7 +99,8 @@ def arguments(**overrides) -> SimpleNamespace:
 
 @pytest.mark.parametrize("overrides, reason", [
     ({"weight_decay": 0.01}, "weight_decay"),
-    ({"world_size": 2}, "several processes"),
+    ({"fsdp": "full_shard"}, "FSDP and DeepSpeed"),
+    ({"deepspeed": "ds.json"}, "FSDP and DeepSpeed"),
     ({"optim": "adafactor"}, "optim adafactor"),
     ({"fp16": True}, "fp16"),
 ])
@@ -114,6 +115,18 @@ def test_not_exact_falls_back_under_auto_and_is_refused_under_sparse(tiny_model_
     assert not model.get_input_embeddings().sparse
     with pytest.raises(UsageError, match=reason):
         plan_embedding_update(model, arguments(embedding_update="sparse", **overrides))
+
+
+def test_ddp_leaves_the_sparse_embedding_out_of_its_buckets(tiny_model_dir):
+    """Under several processes the sparse embedding is not DDP's to all-reduce (its rows are all-reduced by
+    embedding.all_reduce_rows; tests/test_distributed.py runs 2 processes); the other parameters stay DDP's."""
+    from transformers import AutoModelForSequenceClassification
+
+    from seqcls.embedding import plan_embedding_update
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    assert plan_embedding_update(model, arguments(world_size=2)) is model.get_input_embeddings().weight
+    assert model._ddp_params_and_buffers_to_ignore == ["model.embed_tokens.weight"]
 
 
 def test_frozen_or_tied_embedding(tiny_model_dir):
