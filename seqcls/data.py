@@ -471,6 +471,54 @@ def join_texts(batch: dict[str, list], columns: Sequence[str], delimiter: str) -
     return [delimiter.join(t if t is not None else "" for t in parts) for parts in zip(*(batch[c] for c in columns))]
 
 
+def _longest_token(tokenizer) -> int:
+    """The most characters one vocabulary entry spells (a byte-level entry spells one character per byte)."""
+    cached = getattr(tokenizer, "_seqcls_longest_token", None)
+    if cached is None:
+        cached = max((len(t) for t in tokenizer.get_vocab()), default=1)
+        tokenizer._seqcls_longest_token = cached
+    return cached
+
+
+def cut_long_texts(tokenizer, texts: list[str], max_length: int) -> list[str]:
+    """Texts cut (on the tokenizer's truncation side) to a length that keeps every token that truncation to
+    `max_length` keeps: a 50 MB line costs the tokenizer a few kilobytes instead of minutes and gigabytes.
+
+    The bound. A token spells at most L = `_longest_token` characters of the normalized text (a byte-level BPE
+    token of b bytes covers at most b characters, each character being at least one byte; a SentencePiece or
+    WordPiece entry is its characters, "##"/"▁" only lengthen it). A normalizer can shrink text: NFC/NFKC compose
+    at most 4 code points into one (a base with up to three combining marks, e.g. U+1F85; Hangul L+V+T is 3), and
+    lowercasing or stripping accents removes at most that many too. So K characters of the original text give at
+    least K / (4 L) tokens, and K = 4 L (max_length + 2) gives max_length tokens with a 2-token margin: the count
+    of kept tokens is never short.
+    Identity of those tokens also needs the pre-tokenizer and BPE to decide each token from nearby text, which
+    holds between pre-token boundaries (spaces, punctuation) but is not guaranteed inside one very long word (a
+    run of CJK characters is a single Qwen2 pre-token). So each cut is checked: the prefix of K characters and the
+    prefix of 2K must give the same truncated ids, else K doubles (at worst the text stays whole, as before).
+    Only single texts without a prompt template are cut; pairs ("longest_first" weighs both lengths) and
+    templates are tokenized whole.
+    """
+    bound = 4 * _longest_token(tokenizer) * (max_length + 2)
+    if all(len(t) <= 2 * bound for t in texts):
+        return texts
+    left = getattr(tokenizer, "truncation_side", "right") == "left"
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+
+    out = []
+    for text in texts:
+        k = bound
+        while 2 * k < len(text):
+            short, longer = (text[-k:], text[-2 * k:]) if left else (text[:k], text[:2 * k])
+            if ids(short) == ids(longer):
+                text = short
+                break
+            k *= 2
+        out.append(text)
+    return out
+
+
 def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False,
                  prompt: Prompt | None = None, extra: dict[str, list] | None = None):
     """Tokenize texts (and optional second texts) the one way this project does, for training and prediction.
@@ -487,6 +535,8 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
                          f"the tokenizer adds; use at least {special + 1}")
     if template is not None:
         return encode_with_template(tokenizer, template, texts, pairs, extra, max_length, padding)
+    if pairs is None:
+        texts = cut_long_texts(tokenizer, texts, max_length)
     return tokenizer(
         texts,
         pairs,
@@ -523,7 +573,8 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
         "max_length": max_length,
         "pad_to_max_length": pad_to_max_length,
         "template": cols.prompt.resolve(tokenizer),  # the chat template lives outside the backend's JSON
-        "code": [inspect.getsource(f) for f in (join_texts, encode_texts, tokenize, encode_with_template)],
+        "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, encode_texts, tokenize,
+                                                encode_with_template)],
     }
     digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()
