@@ -379,8 +379,8 @@ def _load_file(builder: str, path: str, split: str, cache_dir: str | None, kwarg
         while (cause.__cause__ or cause.__context__) is not None:  # the root cause says what is wrong
             cause = cause.__cause__ or cause.__context__
         why = (str(cause).strip() or str(e).strip() or type(e).__name__).splitlines()[0]
-        raise UsageError(f"{path}: datasets could not read the file ({why}); check the rows near the one it names, "
-                         "or convert the file to JSON lines") from None
+        raise UsageError(f"{path}: datasets could not read the file ({why}); fix the file, or convert it to JSON "
+                         "lines (one object per line)") from None
 
 
 def check_columns(ds, cols: Columns, source: Source, need_label: bool) -> None:

@@ -307,6 +307,10 @@ CASES.update({
     "empty_name_in_a_label_list": Case(
         files={"train.jsonl": '{"text": "a", "label": ["x"]}\n{"text": "b", "label": ["y", " "]}\n'},
         expect=["{d}/train.jsonl:2: label ['y', ' '] holds an empty name; remove it from the list"]),
+    "parquet_file_that_is_not_parquet": Case(
+        files={"train.parquet": "not parquet at all\n"}, args=["--train_file", "{d}/train.parquet"],
+        expect=["{d}/train.parquet: datasets could not read the file (Parquet magic bytes not found in footer.",
+                "fix the file, or convert it to JSON lines"]),
     "config_list_where_a_number_belongs": Case(
         files={"train.jsonl": TRAIN, "config.yaml": "model_name_or_path: {tiny}\ntrain_file: {d}/train.jsonl\n"
                "output_dir: {out}\nlearning_rate: [1e-3, 2e-3]\n"},
