@@ -372,6 +372,10 @@ def _load_file(builder: str, path: str, split: str, cache_dir: str | None, kwarg
     """One data file as a Dataset; what datasets raises (after the scan let the file through) names the file."""
     import datasets
 
+    # the builders log an ERROR line before raising (or before falling back to pandas): the error below says it once
+    builders = logging.getLogger("datasets.packaged_modules")
+    level = builders.level
+    builders.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(builder, data_files={split: path}, cache_dir=cache_dir, **kwargs)[split]
     except Exception as e:  # pyarrow/pandas parse errors come in many types, wrapped in DatasetGenerationError
@@ -381,6 +385,8 @@ def _load_file(builder: str, path: str, split: str, cache_dir: str | None, kwarg
         why = (str(cause).strip() or str(e).strip() or type(e).__name__).splitlines()[0]
         raise UsageError(f"{path}: datasets could not read the file ({why}); fix the file, or convert it to JSON "
                          "lines (one object per line)") from None
+    finally:
+        builders.setLevel(level)
 
 
 def check_columns(ds, cols: Columns, source: Source, need_label: bool) -> None:
