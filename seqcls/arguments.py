@@ -514,14 +514,49 @@ def refuse_or_suggest(name: str, known, where: str) -> UsageError:
     return UsageError(f"{where}: unknown option --{name}{nearest(key, known)} (see --help)")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so an
+    edited config would train with whichever value happens to come second)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, str) and key in seen:
+                    raise _DuplicateConfigKey(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateConfigKey(Exception):
+    def __init__(self, key: str, first: int | None, line: int | None) -> None:
+        super().__init__(key, first, line)
+        self.key, self.first, self.line = key, first, line
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateConfigKey(next(k for k, _ in pairs if k in seen or seen.add(k)), None, None)
+    return row
+
+
 def read_config_file(path: str) -> dict[str, Any]:
-    """Read a flat YAML or JSON config file (YAML with a safe loader)."""
+    """Read a flat YAML or JSON config file (YAML with a safe loader); a key given twice is an error."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"config file {path} does not exist")
     text = p.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = (json.loads(text, object_pairs_hook=_unique_json_keys) if p.suffix == ".json"
+                else yaml.load(text, Loader=_UniqueKeyLoader))  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateConfigKey as e:
+        at = f":{e.line}" if e.line else ""
+        first = f" (first on line {e.first})" if e.first else ""
+        raise UsageError(f"{path}{at}: key {e.key} is given twice{first}; keep one of them") from None
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else (f":{e.lineno}" if hasattr(e, "lineno") else "")
@@ -545,6 +580,11 @@ def _coerce(action: argparse.Action, key: str, value: Any, where: str) -> Any:
         items = value if isinstance(value, list) else [value]
         return [_coerce_one(convert, action, key, v, where) for v in items]
     if isinstance(value, (list, dict)):
+        switch = getattr(convert, "__name__", "") == "string_to_bool"
+        if convert in (int, float) or switch or action.choices is not None:
+            kind = {int: "a whole number", float: "a number"}.get(convert, "true or false" if switch else "one value")
+            raise UsageError(f"{where}: {key}: expected {kind}, got a {'list' if isinstance(value, list) else 'mapping'}"
+                             f" {value!r}; give one value (a sweep over values is seqcls-sweep's job)")
         # nested values (e.g. fsdp_config, deepspeed as a dict) go through unchanged
         return value
     return _coerce_one(convert, action, key, value, where)
@@ -643,6 +683,10 @@ def validate(model_args: ModelArguments, data_args: DataTrainingArguments, train
                          "HF_TOKEN environment variable (or `hf auth login`) instead")
     if data_args.max_seq_length is not None and data_args.max_seq_length < 1:
         raise UsageError(f"max_seq_length must be at least 1, got {data_args.max_seq_length}")
+    for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+        if getattr(data_args, name) is not None and getattr(data_args, name) < 1:
+            raise UsageError(f"{name} must be at least 1, got {getattr(data_args, name)}; leave it out to use "
+                             "every row")
     if data_args.validation_split_percentage is not None and not 0 < data_args.validation_split_percentage < 100:
         raise UsageError(
             f"validation_split_percentage must be between 0 and 100, got {data_args.validation_split_percentage}"
@@ -692,6 +736,10 @@ def check_combinations(model_args: ModelArguments, data_args: DataTrainingArgume
     if data_args.validation_file and data_args.validation_split_percentage is not None:
         raise UsageError("--validation_split_percentage holds out part of train only without --validation_file; "
                          "remove one of them")
+    if data_args.label_column_name in text_columns(data_args):
+        raise UsageError(f"label_column_name {data_args.label_column_name!r} is also a text column (text_column_names"
+                         " / text_pair_column_name): the model would read its own label; name the column that holds "
+                         "the labels")
     used = {*text_columns(data_args), data_args.label_column_name, data_args.id_column}
     for column in split_list(data_args.remove_columns):
         if column in used:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +298,20 @@ class RecordIdentity(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if args.should_save and path.is_dir():
+            give_weights_umask_mode(path)
             write_identity(path, self.identity)
+
+
+def give_weights_umask_mode(directory: str | Path) -> None:
+    """safetensors creates its files with mode 0600 whatever the umask (model.safetensors of the Trainer's
+    checkpoints and final save), so a serving account could not read the model; give them the mode an ordinary
+    open() gives, as every other file of the run has."""
+    from .outputs import _umask
+
+    mode = 0o666 & ~_umask()
+    for path in Path(directory).glob("*.safetensors"):
+        if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
+            os.chmod(path, mode)
 
 
 def _refuse(out: Path, what: str, difference: str) -> UsageError:
@@ -448,7 +462,7 @@ class OutputDirLock:
                              "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # less the umask
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and owner.get("host") == socket.gethostname() and \
@@ -466,6 +480,7 @@ class OutputDirLock:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(record + "\n")
             self.held = True
+            remove_leftovers(self.out)
             return
 
     def _owner(self) -> dict | None:
@@ -484,6 +499,24 @@ class OutputDirLock:
             with contextlib.suppress(OSError):
                 self.out.rmdir()
             self.created_dir = False
+
+
+def remove_leftovers(output_dir: str | Path) -> list[Path]:
+    """Remove the temporary files killed writers left in output_dir and its checkpoints (readers skip them already:
+    `outputs.is_temporary`), also those of files this run will not write again. A live writer's are kept."""
+    from .outputs import TMP_SUFFIX, is_temporary, remove_stale_temporaries
+
+    out = Path(output_dir)
+    removed: list[Path] = []
+    for directory in [out, *checkpoints(out)]:
+        for tmp in directory.glob(f".*{TMP_SUFFIX}"):
+            parts = tmp.name[1:-len(TMP_SUFFIX)].rsplit(".", 2)  # .NAME.PID.RANDOM.tmp (outputs.atomic_open)
+            if is_temporary(tmp) and len(parts) == 3:
+                removed += remove_stale_temporaries(directory / parts[0])
+    if removed:
+        logger.info("removed %d file(s) left half-written by a killed run: %s", len(removed),
+                    ", ".join(str(p) for p in removed))
+    return removed
 
 
 def _pid_alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -134,11 +135,16 @@ def scan_jsonl(path: Path, cols: Columns, need_label: bool) -> list[int]:
             continue
         where = f"{path}:{number}"
         try:
-            row = json.loads(text)
+            row = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as e:
             raise UsageError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); one JSON object per line") from None
+        except _DuplicateKey as e:
+            raise UsageError(f"{where}: key {e.args[0]!r} appears twice in one object (datasets would refuse the "
+                             "file); keep one of them") from None
         if not isinstance(row, dict):
             raise UsageError(f"{where}: expected a JSON object {{...}}, got {_kind(row)}")
+        if _SURROGATE_ESCAPE.search(text):
+            _refuse_lone_surrogates(row, where)
         _check_row(row, cols, where, need_label, list(row))
         _check_text(row, cols, where)
         if cols.label in row:
@@ -151,6 +157,42 @@ def scan_jsonl(path: Path, cols: Columns, need_label: bool) -> list[int]:
         raise UsageError(f"{path}: the file has no rows; give it at least one JSON object per line")
     _log_fixups(path, bom, crlf)
     return lines
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json's object_pairs_hook: Python keeps the last of two equal keys, pyarrow (datasets) refuses the file with
+    no line number; refuse it here with one."""
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return row
+
+
+# \\ud800-\\udfff: half of a UTF-16 surrogate pair; json.loads joins a full pair into one character and keeps a
+# lone half as a str that is not valid Unicode (pyarrow refuses the file; a tokenizer cannot encode it)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value: Any, where: str, key: str | None = None) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_lone_surrogates(v, where, k if key is None else key)
+    elif isinstance(value, list):
+        for v in value:
+            _refuse_lone_surrogates(v, where, key)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            half = f"\\u{ord(value[e.start]):04x}"
+            raise UsageError(f"{where}: column {key!r} holds the escape {half}, half of a UTF-16 surrogate pair "
+                             "without its other half, which is not text; write the character itself or its full "
+                             "pair of escapes") from None
 
 
 def _has_bom(path: Path) -> bool:
@@ -170,6 +212,15 @@ def _label_kind(value: Any, where: str) -> str:
         raise UsageError(f"{where}: the label is null; give every row a label or remove the row")
     if kind == "float" and not math.isfinite(value):
         raise UsageError(f"{where}: label {value} is not a finite number; fix or remove the row")
+    if kind == "str" and not value.strip():
+        raise UsageError(f"{where}: the label is empty ({value!r}); give every row a label or remove the row")
+    if kind == "list":
+        for item in value:
+            if _kind(item) not in ("str", "int", "bool"):
+                raise UsageError(f"{where}: label {value!r} holds {item!r} ({_kind(item)}); a multi-label row is a "
+                                 'flat list of label names, e.g. ["sports", "politics"]')
+            if isinstance(item, str) and not item.strip():
+                raise UsageError(f"{where}: label {value!r} holds an empty name; remove it from the list")
     return "number" if kind in ("int", "float") else kind
 
 
@@ -287,11 +338,18 @@ def load_raw_datasets(data_args, cache_dir: str | None = None, token: str | None
         if len(suffixes) > 1:
             raise UsageError(f"data files mix formats ({', '.join(files.values())}); use one format for all splits")
         builder = suffixes.pop()
-        kwargs = {"delimiter": "\t"} if builder == "csv" and any(f.endswith(".tsv") for f in files.values()) else {}
-        try:
-            raw = datasets.load_dataset(builder, data_files=files, cache_dir=cache_dir, **kwargs)
-        except Exception as e:  # pyarrow/pandas parse errors come in many types
-            raise UsageError(f"{', '.join(files.values())}: could not be read: {str(e).splitlines()[0]}") from None
+        kwargs = {}
+        if builder == "csv":
+            # pandas would read the text "NA", "null", "None", "nan" (and an empty field) as a missing value: a
+            # text or label silently lost; keep every field as written (the scan refuses empty ones)
+            kwargs["keep_default_na"] = False
+            if any(f.endswith(".tsv") for f in files.values()):
+                kwargs["delimiter"] = "\t"
+        # one load per file: loaded together, datasets casts every split to the first one's column types, so a
+        # column typed differently in two files (even one the model never reads) fails with no file or line;
+        # loaded apart, each split keeps its types and the label checks name the row that does not fit
+        raw = datasets.DatasetDict({split: _load_file(builder, path, split, cache_dir, kwargs)
+                                    for split, path in files.items()})
 
     # getattr: callers that build their own namespace (older tests, scripts) need not know these two options
     dropped = [c.strip() for c in (getattr(data_args, "remove_columns", None) or "").split(",") if c.strip()]
@@ -308,6 +366,27 @@ def load_raw_datasets(data_args, cache_dir: str | None = None, token: str | None
         percentage = data_args.validation_split_percentage or 10.0
         raw, sources = carve_validation(raw, sources, cols.label, percentage, seed)
     return raw, sources
+
+
+def _load_file(builder: str, path: str, split: str, cache_dir: str | None, kwargs: dict):
+    """One data file as a Dataset; what datasets raises (after the scan let the file through) names the file."""
+    import datasets
+
+    # the builders log an ERROR line before raising (or before falling back to pandas): the error below says it once
+    builders = logging.getLogger("datasets.packaged_modules")
+    level = builders.level
+    builders.setLevel(logging.CRITICAL)
+    try:
+        return datasets.load_dataset(builder, data_files={split: path}, cache_dir=cache_dir, **kwargs)[split]
+    except Exception as e:  # pyarrow/pandas parse errors come in many types, wrapped in DatasetGenerationError
+        cause = e
+        while (cause.__cause__ or cause.__context__) is not None:  # the root cause says what is wrong
+            cause = cause.__cause__ or cause.__context__
+        why = (str(cause).strip() or str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(f"{path}: datasets could not read the file ({why}); fix the file, or convert it to JSON "
+                         "lines (one object per line)") from None
+    finally:
+        builders.setLevel(level)
 
 
 def check_columns(ds, cols: Columns, source: Source, need_label: bool) -> None:
@@ -398,6 +477,54 @@ def join_texts(batch: dict[str, list], columns: Sequence[str], delimiter: str) -
     return [delimiter.join(t if t is not None else "" for t in parts) for parts in zip(*(batch[c] for c in columns))]
 
 
+def _longest_token(tokenizer) -> int:
+    """The most characters one vocabulary entry spells (a byte-level entry spells one character per byte)."""
+    cached = getattr(tokenizer, "_seqcls_longest_token", None)
+    if cached is None:
+        cached = max((len(t) for t in tokenizer.get_vocab()), default=1)
+        tokenizer._seqcls_longest_token = cached
+    return cached
+
+
+def cut_long_texts(tokenizer, texts: list[str], max_length: int) -> list[str]:
+    """Texts cut (on the tokenizer's truncation side) to a length that keeps every token that truncation to
+    `max_length` keeps: a 50 MB line costs the tokenizer a few kilobytes instead of minutes and gigabytes.
+
+    The bound. A token spells at most L = `_longest_token` characters of the normalized text (a byte-level BPE
+    token of b bytes covers at most b characters, each character being at least one byte; a SentencePiece or
+    WordPiece entry is its characters, "##"/"▁" only lengthen it). A normalizer can shrink text: NFC/NFKC compose
+    at most 4 code points into one (a base with up to three combining marks, e.g. U+1F85; Hangul L+V+T is 3), and
+    lowercasing or stripping accents removes at most that many too. So K characters of the original text give at
+    least K / (4 L) tokens, and K = 4 L (max_length + 2) gives max_length tokens with a 2-token margin: the count
+    of kept tokens is never short.
+    Identity of those tokens also needs the pre-tokenizer and BPE to decide each token from nearby text, which
+    holds between pre-token boundaries (spaces, punctuation) but is not guaranteed inside one very long word (a
+    run of CJK characters is a single Qwen2 pre-token). So each cut is checked: the prefix of K characters and the
+    prefix of 2K must give the same truncated ids, else K doubles (at worst the text stays whole, as before).
+    Only single texts without a prompt template are cut; pairs ("longest_first" weighs both lengths) and
+    templates are tokenized whole.
+    """
+    bound = 4 * _longest_token(tokenizer) * (max_length + 2)
+    if all(len(t) <= 2 * bound for t in texts):
+        return texts
+    left = getattr(tokenizer, "truncation_side", "right") == "left"
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+
+    out = []
+    for text in texts:
+        k = bound
+        while 2 * k < len(text):
+            short, longer = (text[-k:], text[-2 * k:]) if left else (text[:k], text[:2 * k])
+            if ids(short) == ids(longer):
+                text = short
+                break
+            k *= 2
+        out.append(text)
+    return out
+
+
 def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False,
                  prompt: Prompt | None = None, extra: dict[str, list] | None = None):
     """Tokenize texts (and optional second texts) the one way this project does, for training and prediction.
@@ -414,6 +541,8 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
                          f"the tokenizer adds; use at least {special + 1}")
     if template is not None:
         return encode_with_template(tokenizer, template, texts, pairs, extra, max_length, padding)
+    if pairs is None:
+        texts = cut_long_texts(tokenizer, texts, max_length)
     return tokenizer(
         texts,
         pairs,
@@ -450,7 +579,8 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
         "max_length": max_length,
         "pad_to_max_length": pad_to_max_length,
         "template": cols.prompt.resolve(tokenizer),  # the chat template lives outside the backend's JSON
-        "code": [inspect.getsource(f) for f in (join_texts, encode_texts, tokenize, encode_with_template)],
+        "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, encode_texts, tokenize,
+                                                encode_with_template)],
     }
     digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()

@@ -117,6 +117,7 @@ class LabelSpace:
                 raise UsageError(f"{where}: multi-label rows need a list of label names, got {value!r}")
             target = [0.0] * len(self.names)
             for item in value:
+                _check_item(item, value, where)
                 name = _name(item)
                 if name not in index:
                     raise UsageError(self._unknown(name, where))
@@ -129,10 +130,16 @@ class LabelSpace:
             )
         name = _name(value)
         if name not in index:
-            raise UsageError(self._unknown(name, where))
+            raise UsageError(self._unknown(name, where, value))
         return index[name]
 
-    def _unknown(self, name: str, where: str) -> str:
+    def _unknown(self, name: str, where: str, value: Any = None) -> str:
+        kind = _kind(value)
+        if (self.label_type, kind) in (("int", "str"), ("str", "int")):  # e.g. "pos" in train, 1 in validation
+            train = "integers" if self.label_type == "int" else "strings"
+            this = "an integer" if kind == "int" else "a string"
+            return (f"{where}: label {value!r} is {this}, but the train labels are {train} {list(self.names)}; "
+                    "use one label type in every file")
         return (
             f"{where}: label {name!r} is not among the train labels {list(self.names)}; "
             "fix the row, or list every label with class_names"
@@ -147,6 +154,17 @@ class LabelSpace:
         if self.label_type != "str":
             saved["label_type"] = self.label_type
         return saved
+
+
+def _check_item(item: Any, value: Any, where: str) -> None:
+    """A label name (the row's label, or one item of its multi-label list) is a non-empty name or a number."""
+    if item is not value and (isinstance(item, (list, tuple, dict)) or item is None):
+        raise UsageError(f"{where}: label {value!r} holds {item!r} ({_kind(item)}); a multi-label row is a flat "
+                         'list of label names, e.g. ["sports", "politics"]')
+    if isinstance(item, str) and not item.strip():
+        if item is value:
+            raise UsageError(f"{where}: the label is empty ({value!r}); give every row a label or remove the row")
+        raise UsageError(f"{where}: label {value!r} holds an empty name; remove it from the list")
 
 
 def _sorted_names(names: set[str], raw_kinds: set[str]) -> list[str]:
@@ -178,6 +196,7 @@ def build_label_space(
             continue
         items = value if isinstance(value, (list, tuple)) else [value]
         for item in items:
+            _check_item(item, value, where)
             kinds.add(_kind(item))
             found.add(_name(item))
     label_type = "int" if kinds == {"int"} else "str"

@@ -21,8 +21,8 @@ from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_
 from .calibration import (calibration_metrics, calibration_record, check_fittable, fit_temperatures,
                           fold_temperatures)
 from .checkpoints import (IDENTITY_FILE, LOCK_FILE, LOSS_TALLY, GracefulStop, Interrupted, RecordIdentity,
-                          RestoreLossTally, finished_results, loss_tally, output_dir_lock, plan_run, set_aside_incomplete,
-                          write_identity)
+                          RestoreLossTally, finished_results, give_weights_umask_mode, loss_tally, output_dir_lock,
+                          plan_run, set_aside_incomplete, write_identity)
 from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
 from .embedding import RowSparseAdamW, clip_grad_norm, plan_embedding_update, replicate_across_processes
 from .errors import UsageError
@@ -470,6 +470,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
     if training_args.do_train and trainer.is_world_process_zero():
         write_report(out, argv, raw, sources, training_args.world_size)
     if training_args.do_train and training_args.should_save:
+        give_weights_umask_mode(out)  # trainer.save_model's safetensors come with mode 0600
         write_identity(out, plan.identity, finished=True)  # last: a run killed before this is not finished
     return results
 

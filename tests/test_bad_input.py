@@ -282,6 +282,58 @@ CASES: dict[str, Case] = {
 }
 
 
+# --- issue 13: what datasets refused without a line number, and what was silently accepted ----------------------
+CASES.update({
+    "json_duplicate_key": Case(
+        files={"train.jsonl": TRAIN + '{"text": "还行", "label": "积极", "label": "消极"}\n'},
+        expect=["{d}/train.jsonl:5: key 'label' appears twice in one object (datasets would refuse the file); keep "
+                "one of them"]),
+    "json_lone_surrogate_escape": Case(
+        files={"train.jsonl": TRAIN + '{"text": "还行\\ud800", "label": "积极"}\n'},
+        expect=["{d}/train.jsonl:5: column 'text' holds the escape \\ud800, half of a UTF-16 surrogate pair without "
+                "its other half, which is not text"]),
+    "label_types_differ_across_files": Case(
+        files={"train.jsonl": TRAIN, "dev.jsonl": '{"text": "好吃", "label": 1}\n{"text": "难吃", "label": 0}\n'},
+        args=["--validation_file", "{d}/dev.jsonl", "--do_eval"],
+        expect=["{d}/dev.jsonl:1: label 1 is an integer, but the train labels are strings ['消极', '积极']; use one "
+                "label type in every file"]),
+    "empty_string_label": Case(
+        files={"train.jsonl": TRAIN + '{"text": "还行", "label": ""}\n'},
+        expect=["{d}/train.jsonl:5: the label is empty (''); give every row a label or remove the row"]),
+    "nested_list_label": Case(
+        files={"train.jsonl": '{"text": "a", "label": [["x"]]}\n{"text": "b", "label": [["y"]]}\n'},
+        expect=["{d}/train.jsonl:1: label [['x']] holds ['x'] (list); a multi-label row is a flat list of label "
+                "names"]),
+    "empty_name_in_a_label_list": Case(
+        files={"train.jsonl": '{"text": "a", "label": ["x"]}\n{"text": "b", "label": ["y", " "]}\n'},
+        expect=["{d}/train.jsonl:2: label ['y', ' '] holds an empty name; remove it from the list"]),
+    "parquet_file_that_is_not_parquet": Case(
+        files={"train.parquet": "not parquet at all\n"}, args=["--train_file", "{d}/train.parquet"],
+        expect=["{d}/train.parquet: datasets could not read the file (Parquet magic bytes not found in footer.",
+                "fix the file, or convert it to JSON lines"]),
+    "config_list_where_a_number_belongs": Case(
+        files={"train.jsonl": TRAIN, "config.yaml": "model_name_or_path: {tiny}\ntrain_file: {d}/train.jsonl\n"
+               "output_dir: {out}\nlearning_rate: [1e-3, 2e-3]\n"},
+        args=["{d}/config.yaml"], base=False,
+        expect=["{d}/config.yaml: learning_rate: expected a number, got a list ['1e-3', '2e-3']; give one value"]),
+    "config_duplicate_key": Case(
+        files={"train.jsonl": TRAIN, "config.yaml": "model_name_or_path: {tiny}\ntrain_file: {d}/train.jsonl\n"
+               "output_dir: {out}\nlearning_rate: 1e-3\nseed: 1\nlearning_rate: 2e-3\n"},
+        args=["{d}/config.yaml"], base=False,
+        expect=["{d}/config.yaml:6: key learning_rate is given twice (first on line 4); keep one of them"]),
+    "max_train_samples_zero": Case(
+        files={"train.jsonl": TRAIN}, args=["--max_train_samples", "0"],
+        expect=["max_train_samples must be at least 1, got 0; leave it out to use every row"]),
+    "max_predict_samples_zero": Case(
+        files={"train.jsonl": TRAIN}, args=["--test_file", "{d}/train.jsonl", "--do_predict",
+                                            "--max_predict_samples", "0"],
+        expect=["max_predict_samples must be at least 1, got 0"]),
+    "label_column_is_the_text_column": Case(
+        files={"train.jsonl": TRAIN}, args=["--label_column_name", "text"],
+        expect=["label_column_name 'text' is also a text column (text_column_names / text_pair_column_name): the "
+                "model would read its own label; name the column that holds the labels"]),
+})
+
 def fill(text: str, d: Path, out: Path, tiny: Path) -> str:
     return text.replace("{d}", str(d)).replace("{out}", str(out)).replace("{tiny}", str(tiny))
 

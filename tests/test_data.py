@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import ROOT
 from seqcls.data import Columns, carve_validation, load_raw_datasets, scan_file
 from seqcls.errors import UsageError
 
@@ -94,3 +95,59 @@ def test_split_without_a_column_lists_the_columns(tmp_path):
     test = jsonl(tmp_path, [{"sentence": "a"}], "test.jsonl")
     with pytest.raises(UsageError, match=r"test.jsonl:1: no column 'text'; columns there: sentence"):
         load_raw_datasets(data_args(train_file=str(train), test_file=str(test)))
+
+
+def test_files_load_as_written_one_per_split(tmp_path):
+    """A CSV's "NA" / "null" are text, not missing values; a column typed differently in two files (one the model
+    never reads) no longer stops the load: each file keeps its own types."""
+    csv = tmp_path / "train.csv"
+    csv.write_text("text,label\nNA,pos\nnull,neg\nNone,NA\n", encoding="utf-8")
+    raw, _ = load_raw_datasets(data_args(train_file=str(csv)))
+    assert raw["train"]["text"] == ["NA", "null", "None"] and raw["train"]["label"] == ["pos", "neg", "NA"]
+    train = jsonl(tmp_path, [{"text": "a", "label": "x", "id": 1}, {"text": "b", "label": "y", "id": 2}], "t.jsonl")
+    dev = jsonl(tmp_path, [{"text": "a", "label": "x", "id": "a-1"}], "v.jsonl")
+    raw, _ = load_raw_datasets(data_args(train_file=str(train), validation_file=str(dev)))
+    assert raw["validation"]["id"] == ["a-1"] and raw["train"]["id"] == [1, 2]
+
+
+def test_a_full_surrogate_pair_and_an_escaped_backslash_are_text(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a\\ud83d\\ude00", "label": "x"}\n{"text": "b\\\\ud800", "label": "y"}\n', encoding="utf-8")
+    raw, _ = load_raw_datasets(data_args(train_file=str(p)))
+    assert raw["train"]["text"] == ["a\U0001f600", "b\\ud800"]
+
+
+def long_texts() -> list[str]:
+    """Lines past the cut bound for max_length 4 (6,144 characters): reviews run together (punctuation splits
+    pre-tokens), one 8,000-character word (a single Qwen2 pre-token), letters with combining marks and Hangul jamo
+    (NFC composes them)."""
+    import random
+
+    rng = random.Random(0)
+    rows = [json.loads(line)["text"] for line in open(ROOT / "data/example.jsonl", encoding="utf-8")]
+    joined = "".join(rng.choice(rows) for _ in range(400))
+    marks = "".join(chr(rng.choice([0x61, 0x301, 0x308, 0x1100, 0x1161, 0x11A8, 0x20, 0x4E00 + rng.randrange(99)]))
+                    for _ in range(8_000))
+    return [joined, "好" * 8_000, marks, "short text"]
+
+
+@pytest.fixture(scope="module")
+def qwen2_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_cutting_a_huge_text_keeps_every_token_truncation_keeps(qwen2_tokenizer, side):
+    from seqcls.data import cut_long_texts, encode_texts
+
+    tokenizer = qwen2_tokenizer
+    tokenizer.truncation_side = side
+    texts = long_texts()
+    assert min(len(t) for t in texts[:3]) > 2 * 4 * 128 * (4 + 2)
+    cut = cut_long_texts(tokenizer, texts, 4)
+    assert [len(c) < len(t) for c, t in zip(cut, texts)] == [True, True, True, False]
+    assert all((t.endswith(c) if side == "left" else t.startswith(c)) for c, t in zip(cut, texts))
+    whole = tokenizer(texts, truncation=True, max_length=4)["input_ids"]
+    assert encode_texts(tokenizer, texts, None, 4)["input_ids"] == whole

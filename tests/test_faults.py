@@ -1,13 +1,22 @@
 """Faults without loss (issue 13): a finished run stays finished, one run per output_dir, files complete or absent.
 
-Each test drives the real recipe in-process on the tiny model (a few seconds each) and states what a user sees.
+Each test drives the real recipe on the tiny model and states what a user sees. Most run in-process (a few
+seconds each). `test_killed_anywhere_reruns_to_the_uninterrupted_result` needs real processes to SIGKILL: it runs
+the CLI through tests/fault_inject.py, which kills the process at a named point (a step, inside a checkpoint save,
+inside the final model save, inside a results write), reruns the same command after each kill, and compares the
+end with one uninterrupted run (the `finished` fixture, shared by every test here).
 """
 from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import socket
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,10 +81,16 @@ def test_kill_before_the_final_record_is_not_finished(finished, tiny_model_dir, 
 
 
 def test_files_get_the_umask_mode(finished):
+    """Every file of the run, ours and the Trainer's, checkpoints included (safetensors creates its files 0600)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    for name in ("all_results.json", "trainer_state.json", "run_identity.json", "seqcls.json", "README.md"):
-        assert stat.S_IMODE((finished / name).stat().st_mode) == 0o666 & ~mask, name
+    files = [p for p in finished.rglob("*") if p.is_file()]
+    assert {"model.safetensors", "all_results.json", "trainer_state.json", "run_identity.json", "seqcls.json",
+            "README.md", "optimizer.pt"} <= {p.name for p in files}
+    assert any(p.parent.name.startswith("checkpoint-") and p.name == "model.safetensors" for p in files)
+    wrong = {str(p.relative_to(finished)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
+             if stat.S_IMODE(p.stat().st_mode) != 0o666 & ~mask}
+    assert not wrong, f"not {oct(0o666 & ~mask)}: {wrong}"
 
 
 def test_second_run_into_a_locked_output_dir_exits_at_once(tmp_path):
@@ -109,3 +124,82 @@ def test_sigkill_leftover_temporaries_are_removed_by_the_next_writer(tmp_path):
     alive.write_text("being written")
     write_json(tmp_path / "pred.jsonl", {"a": 1})
     assert not dead.exists() and alive.exists()
+
+
+# --- SIGKILL anywhere, then the same command again -----------------------------------------------------------
+
+SPEED = {"train_runtime", "train_samples_per_second", "train_steps_per_second"}  # wall-clock figures
+
+
+def start(point: str, argv: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "tests/fault_inject.py"), point, "--", *argv], cwd=ROOT,
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def losses(out: Path) -> list[tuple]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [(h["step"], h["loss"], h["grad_norm"], h["learning_rate"]) for h in history if "loss" in h]
+
+
+@pytest.mark.slow
+def test_killed_anywhere_reruns_to_the_uninterrupted_result(finished, tiny_model_dir, tmp_path):
+    """SIGKILL at a random step, inside the save of a checkpoint, of the final model and of the results; after
+    each, the same command again. A second run started into the dir meanwhile exits 2 naming the owner. The end
+    equals the uninterrupted run: weights bit for bit, train metrics, train_loss and the logged loss history."""
+    import torch
+    from safetensors.torch import load_file
+
+    from seqcls.train import main
+
+    out = tmp_path / "out"
+    argv = args(tiny_model_dir, out)
+    step = random.randint(1, 4)  # max_steps 4, a checkpoint every 2 steps
+    faults = [f"step:{step}", "checkpoint:4", "final_model", "results:all_results.json"]
+    print("faults:", faults)
+    for i, point in enumerate(faults):
+        log = tmp_path / f"{i}.log"
+        code = start(point, argv, log).wait(timeout=600)
+        assert code == -signal.SIGKILL, f"{point}: exit {code}\n{log.read_text()[-3000:]}"
+        assert not (json.loads((out / IDENTITY_FILE).read_text()).get("finished")), point
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+    # the last rerun; meanwhile a second run into the same dir is refused at once
+    proc = start("none", argv, tmp_path / "end.log")
+    deadline = time.time() + 300
+    def owner() -> int | None:  # the killed runs left their lock behind: wait for this run's
+        try:
+            return json.loads((out / LOCK_FILE).read_text())["pid"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return None
+
+    while owner() != proc.pid:
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "end.log").read_text()[-3000:]
+        time.sleep(0.05)
+    with pytest.raises(UsageError, match=rf"output_dir {out} is in use by another run \(process {proc.pid} "):
+        main(argv)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "end.log").read_text()[-3000:]
+
+    reference, weights = load_file(finished / "model.safetensors"), load_file(out / "model.safetensors")
+    assert reference.keys() == weights.keys()
+    assert all(torch.equal(weights[k], reference[k]) for k in weights), "weights differ from the uninterrupted run"
+    for name in ("train_results.json", "all_results.json"):
+        ours, theirs = (json.loads((d / name).read_text()) for d in (out, finished))
+        assert {k: v for k, v in ours.items() if k not in SPEED} == \
+            {k: v for k, v in theirs.items() if k not in SPEED}, name
+    assert losses(out) == losses(finished)
+    assert json.loads((out / IDENTITY_FILE).read_text())["finished"] is True
+    assert not [p for p in out.rglob("*.tmp")], "a SIGKILL leftover survived the rerun"
+
+
+def test_a_run_removes_every_sigkill_leftover_when_it_takes_the_dir(tmp_path):
+    """Also of files this run will not write again (an earlier run's predictions) and inside checkpoints."""
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    dead = [out / f".predict_results.jsonl.{2 ** 22 + 12345}.k3j_x.tmp",
+            out / "checkpoint-2" / f".run_identity.json.{2 ** 22 + 12345}.abc.tmp"]
+    alive = out / f".all_results.json.{os.getpid()}.abc.tmp"
+    for p in [*dead, alive]:
+        p.write_text("half")
+    with OutputDirLock(out):
+        assert not any(p.exists() for p in dead) and alive.exists()

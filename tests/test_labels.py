@@ -87,3 +87,21 @@ def test_too_many_labels_a_row_is_a_warning():
     assert too_many_labels({"eval_labels_per_row": 13.6, "eval_true_labels_per_row": 1.2}, "eval_")
     assert too_many_labels({"labels_per_row": 1.5, "true_labels_per_row": 1.2}) is None
     assert too_many_labels({"macro_f1": 0.3}) is None
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["a", "b", ""], r"train: the label is empty \(''\); give every row a label"),
+    ([["a"], ["b", ["c"]]], r"train: label \['b', \['c'\]\] holds \['c'\] \(list\); a multi-label row is a flat list"),
+    ([["a"], ["b", None]], r"holds None \(null\)"),
+    ([["a"], ["b", " "]], r"label \['b', ' '\] holds an empty name"),
+])
+def test_empty_and_nested_labels_are_errors_not_classes(labels, message):
+    with pytest.raises(UsageError, match=message):
+        build_label_space(labels)
+
+
+def test_a_label_of_the_other_type_says_so():
+    with pytest.raises(UsageError, match=r"dev.jsonl:3: label 'pos' is a string, but the train labels are integers "
+                                         r"\['0', '1'\]; use one label type in every file"):
+        build_label_space([1, 0]).encode("pos", "dev.jsonl:3")
+    assert build_label_space(["0", "1"]).encode(1, "dev.jsonl:3") == 1  # "1" and 1 name the same class

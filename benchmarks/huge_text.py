@@ -1,0 +1,93 @@
+"""One huge text: seconds and peak memory to tokenize it with truncation, with and without the raw-text cut.
+
+    python benchmarks/huge_text.py --mb 50 --max_length 32
+
+Each arm runs `seqcls.data.encode_texts` (cut: what training and prediction run) or the tokenizer on the whole
+text (whole: what they ran before), in its own subprocess so that its peak RSS is its own; both arms on the same
+text (Chinese reviews from waimai_10k, or generated text when the data is absent), order rotated by round. The
+kept ids of the two arms are compared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path("/work/shared/data/waimai_10k/train.jsonl")
+
+
+def make_text(mb: int) -> str:
+    if DATA.exists():
+        rows = [json.loads(line)["text"] for line in DATA.open(encoding="utf-8")][:2000]
+    else:
+        rows = ["好吃，还会再来。", "太难吃了，送餐也慢！", "The soup was cold and the rice was fine."]
+    out, size, i = [], 0, 0
+    while size < mb * 1_000_000:
+        out.append(rows[i % len(rows)])
+        size += len(rows[i % len(rows)].encode("utf-8"))
+        i += 1
+    return "".join(out)
+
+
+def child(arm: str, model: str, mb: int, max_length: int, side: str) -> None:
+    from transformers import AutoTokenizer
+
+    from seqcls.data import encode_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.truncation_side = side
+    text = make_text(mb)
+    start, cpu = time.perf_counter(), time.process_time()
+    if arm == "cut":
+        ids = encode_texts(tokenizer, [text], None, max_length)["input_ids"][0]
+    else:
+        ids = tokenizer([text], truncation=True, max_length=max_length)["input_ids"][0]
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"arm": arm, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "ids": ids}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--max_length", type=int, default=32)
+    parser.add_argument("--side", default="right", choices=["right", "left"])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--model", default=None, help="a model directory (default: the tiny Qwen2, real tokenizer)")
+    parser.add_argument("--child", default=None)
+    args = parser.parse_args()
+    if args.model is None:
+        from seqcls import tiny
+
+        args.model = str(tiny.build(ROOT / "models" / "bench" / "qwen2-tiny", size="tiny", seed=0))
+    if args.child:
+        return child(args.child, args.model, args.mb, args.max_length, args.side)
+    results: dict[str, list] = {"cut": [], "whole": []}
+    for r in range(args.rounds):
+        for arm in (["cut", "whole"] if r % 2 == 0 else ["whole", "cut"]):
+            proc = subprocess.run([sys.executable, __file__, "--child", arm, "--model", args.model,
+                                   "--mb", str(args.mb), "--max_length", str(args.max_length), "--side", args.side],
+                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if proc.returncode:
+                sys.exit(proc.stderr[-3000:])
+            results[arm].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    same = results["cut"][0]["ids"] == results["whole"][0]["ids"]
+    base = min(x["wall_s"] for x in results["whole"])
+    print(f"{args.mb} MB line, max_length {args.max_length}, truncation {args.side}; kept ids identical: {same}; "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    print("| arm | wall s | CPU s | peak RSS MB | vs whole (wall) |")
+    print("|---|---:|---:|---:|---:|")
+    for arm, runs in results.items():
+        wall = min(x["wall_s"] for x in runs)
+        print(f"| {arm} | {wall:.2f} | {min(x['cpu_s'] for x in runs):.2f} | "
+              f"{max(x['peak_rss_mb'] for x in runs):.0f} | {base / wall:.1f}x faster |")
+
+
+if __name__ == "__main__":
+    main()
