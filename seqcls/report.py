@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import sys
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -344,7 +345,7 @@ def plot_reliability_diagram(record: dict[str, Any], path: str | Path, title: st
                                                                       record["model"])] \
         if record.get("before_calibration") is not None else [("", record["model"])]
     multi = record["over"].startswith("every (row, label)")
-    fig = new_figure(5.0 * len(panels) + 0.5, 6.0)
+    fig = new_figure(max(7.0, 5.0 * len(panels) + 0.5), 6.0)
     axes = fig.subplots(2, len(panels), squeeze=False, sharex=True, height_ratios=[3, 1])
     width = 1 / record["bins"]
     for col, (name, bins) in enumerate(panels):
@@ -371,7 +372,8 @@ def plot_reliability_diagram(record: dict[str, Any], path: str | Path, title: st
         bottom.set_ylim(0, max(counts, default=1) * 1.35)
         bottom.set_ylabel("pairs" if multi else "rows")
         bottom.set_xlabel("predicted probability of the label" if multi else "confidence (top-label probability)")
-    fig.suptitle(f"{title}\nover {record['over']}" if title else f"over {record['over']}", fontsize=10)
+    over = textwrap.fill(f"over {record['over']}", 90)
+    fig.suptitle(f"{title}\n{over}" if title else over, fontsize=10)
     save_figure(fig, Path(path))
 
 
