@@ -766,10 +766,10 @@ def evaluation_report(out: Path) -> tuple[str | None, dict[str, Any] | None]:
     return None, None
 
 
-def draw_plots(out: str | Path) -> tuple[list[str], bool, list[str]]:
+def draw_plots(out: str | Path, curves: bool = True) -> tuple[list[str], bool, list[str]]:
     """Draw the plots the files in `out` allow: the confusion matrix and the reliability diagram (from the test
-    or eval report), the training curves (from trainer_state.json). Returns (files written, whether label ids
-    stand in for names, problems met)."""
+    or eval report), the training curves (from trainer_state.json, when `curves`). Returns (files written,
+    whether a label id stands in for a name, problems met)."""
     out = Path(out)
     problems: list[str] = []
     plots: list[str] = []
@@ -792,14 +792,14 @@ def draw_plots(out: str | Path) -> tuple[list[str], bool, list[str]]:
             if _attempt(out, problems, RELIABILITY_PNG, reliability):
                 plots.append(RELIABILITY_PNG)
     state_path = out / "trainer_state.json"
-    if state_path.is_file():
-        def curves():
+    if curves and state_path.is_file():
+        def draw_curves():
             state = json.loads(state_path.read_text(encoding="utf-8"))
             plot_training_curves(state, out / CURVES_PNG, run_args.get("metric_for_best_model"),
                                  read_json(out / "all_results.json"))
             return True
 
-        if _attempt(out, problems, CURVES_PNG, curves):
+        if _attempt(out, problems, CURVES_PNG, draw_curves):
             plots.append(CURVES_PNG)
     return plots, by_id, problems
 
@@ -825,7 +825,7 @@ def regenerate(out: str | Path) -> list[str]:
 def write_evaluation_plots(out: str | Path) -> list[str]:
     """An evaluate-only run (a trained model measured on a labelled file): the confusion matrix and the
     reliability diagram of its eval/test report, beside it. Never raises; returns the files written."""
-    plots, _, _ = draw_plots(out)
+    plots, _, _ = draw_plots(out, curves=False)  # no training here
     if plots:
         logger.info("report: %s in %s", ", ".join(plots), out)
     return plots
