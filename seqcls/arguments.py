@@ -25,6 +25,7 @@ import transformers
 import yaml
 
 from .errors import UsageError
+from .redaction import redact_options
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 logger = logging.getLogger("seqcls")
@@ -622,6 +623,7 @@ def parse_args(argv: list[str] | None = None, dataclass_types=DATACLASSES) -> tu
     actions = {a.dest: a for a in parser._actions}
     known = [d for d in actions if d != "help"]
     config: dict[str, Any] = {}
+    config_path: str | None = None
     given: set[str] = set()  # the options the user set (file or command line), to tell them from defaults
     if argv and not argv[0].startswith("-"):
         if not argv[0].endswith(CONFIG_SUFFIXES):
@@ -665,7 +667,23 @@ def parse_args(argv: list[str] | None = None, dataclass_types=DATACLASSES) -> tu
         raise UsageError(f"command line: unexpected value(s) {' '.join(remaining)}: each option takes one value "
                          "unless its --help says more (see --help)")
     validate(*outputs, given=given)
+    record_given(outputs[-1], config_path, given)
     return tuple(outputs)
+
+
+@dataclass(frozen=True)
+class GivenOptions:
+    """What the user set, as the parser read it (the config file, and the options given in it or on the command
+    line), to tell them from defaults: the report's resolved config comes from it, argv is not parsed again."""
+
+    config_file: str | None = None
+    keys: frozenset[str] = frozenset()
+
+
+def record_given(training_args: "TrainingArguments", config_file: str | None, given: set[str]) -> None:
+    """Keep the parser's knowledge on the TrainingArguments it built, as `training_args.given_options` (not a
+    dataclass field: not an option, not in run_args.json)."""
+    training_args.given_options = GivenOptions(config_file, frozenset(given))
 
 
 def validate(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments,
@@ -877,12 +895,7 @@ def to_loggable_dict(*args_objects) -> dict[str, Any]:
     for obj in args_objects:
         d = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
         flat.update(d)
-    for secret in ("token", "hub_token"):
-        if flat.get(secret):
-            flat[secret] = "<redacted>"
-    if "push_to_hub_token" in flat:
-        flat.pop("push_to_hub_token")
-    return flat
+    return redact_options(flat)
 
 
 def hf_token(model_args: ModelArguments) -> str | None:

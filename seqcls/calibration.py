@@ -51,8 +51,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     correct = np.asarray(correct, dtype=np.float64).reshape(-1)
     if len(confidence) == 0:
         return 0.0
-    # bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 goes to the first bin
-    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    index = _bin_index(confidence, bins)
     total = 0.0
     for b in range(bins):
         mask = index == b
@@ -61,17 +60,43 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(total)
 
 
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS):
-    """Per non-empty bin: mean confidence, accuracy, row count (for a reliability diagram)."""
+def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    # bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 goes to the first bin
+    return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """Per non-empty bin (the bins of ECE): its edges, mean confidence, accuracy and count."""
     confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
     correct = np.asarray(correct, dtype=np.float64).reshape(-1)
-    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    index = _bin_index(confidence, bins)
     rows = []
     for b in range(bins):
         mask = index == b
         if mask.any():
-            rows.append((float(confidence[mask].mean()), float(correct[mask].mean()), int(mask.sum())))
+            rows.append({"low": round(b / bins, 6), "high": round((b + 1) / bins, 6),
+                         "confidence": round(float(confidence[mask].mean()), 6),
+                         "accuracy": round(float(correct[mask].mean()), 6), "count": int(mask.sum())})
     return rows
+
+
+def reliability(label_space: LabelSpace, logits: np.ndarray, labels: np.ndarray,
+                temperatures: Sequence[float] | None = None) -> dict:
+    """The data of a reliability diagram, for eval_report.json / test_report.json: `{"reliability": {...}}` with
+    the bins of the model's probabilities (`model`) and, when `temperatures` were fitted in this run (so the
+    logits are the calibrated ones), the same before them (`before_calibration`: logits * T). Empty for
+    regression or without labels."""
+    if label_space.problem_type == REGRESSION or labels is None:
+        return {}
+    logits = np.asarray(logits, dtype=np.float64)
+    over = ("top-label confidence of every row (is the argmax right?)" if label_space.problem_type == SINGLE else
+            "every (row, label) pair: the label's probability against whether the label is true")
+    record = {"bins": ECE_BINS, "over": over,
+              "model": reliability_bins(*confidence_and_correct(label_space, logits, labels))}
+    if temperatures is not None:
+        raw = logits * np.asarray(temperatures, dtype=np.float64)
+        record["before_calibration"] = reliability_bins(*confidence_and_correct(label_space, raw, labels))
+    return {"reliability": record}
 
 
 def confidence_and_correct(label_space: LabelSpace, logits: np.ndarray, labels: np.ndarray):

@@ -11,6 +11,18 @@ from .labels import MULTI, REGRESSION, SINGLE, LabelSpace
 
 # the metric that picks the best checkpoint, and whether greater is better
 BEST_METRIC = {SINGLE: ("macro_f1", True), MULTI: ("macro_f1", True), REGRESSION: ("mse", False)}
+# whether greater is better, for every metric computed here (and the Trainer's loss): a sweep sorts by it
+GREATER_IS_BETTER = {"accuracy": True, "macro_f1": True, "weighted_f1": True, "micro_f1": True,
+                     "subset_accuracy": True, "pearson": True, "spearman": True, "mse": False, "mae": False,
+                     "ece": False, "brier": False, "nll": False, "loss": False,
+                     **{name: greater for name, greater in BEST_METRIC.values()}}
+
+
+def greater_is_better(metric: str) -> bool | None:
+    """Whether a greater value of `metric` (a results key such as eval_macro_f1 or test_ece_before_calibration)
+    is better; None for a metric not computed here (an `evaluate` metric)."""
+    name = metric.split("_", 1)[1] if metric.startswith(("eval_", "test_")) else metric
+    return GREATER_IS_BETTER.get(name.removesuffix("_before_calibration"))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

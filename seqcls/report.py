@@ -6,9 +6,11 @@ Training writes it at the end of a run (`write_report`); regenerate it at any ti
 
 Inputs (all in output_dir): `run_info.json` (the command, the resolved config and the data files with their row
 counts, recorded by training), `run_args.json`, `config.json`, `all_results.json`, `trainer_state.json`,
-`eval_report.json` / `test_report.json`. Outputs: `confusion_matrix.png`, `training_curves.png`, `README.md`.
-Plots are drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global backend change).
-A plot that cannot be drawn is a warning, never a failed run.
+`eval_report.json` / `test_report.json`. Outputs: `confusion_matrix.png` (scikit-learn's ConfusionMatrixDisplay),
+`reliability_diagram.png`, `training_curves.png`, `README.md` (front matter by huggingface_hub's ModelCardData).
+Plots are drawn on Figures with the Agg canvas (no pyplot figure, no display, no global backend change). A plot
+that cannot be drawn is a warning, never a failed run. The JSON, figure and Markdown-table helpers here are shared
+with the sweep summary (seqcls.sweep).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import os
 import re
 import shlex
 import sys
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +33,7 @@ from .errors import UsageError
 from .labels import MULTI, REGRESSION, SINGLE
 from .metrics import too_many_labels
 from .outputs import atomic_open, write_json
+from .redaction import SECRET_OPTIONS, redact_argv
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +41,8 @@ RUN_INFO = "run_info.json"
 CARD = "README.md"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
+RELIABILITY_PNG = "reliability_diagram.png"
 
-# options whose value must never be written anywhere (the command line is recorded for the model card)
-SECRET_OPTIONS = ("token", "hub_token", "push_to_hub_token", "use_auth_token")
-CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 # how the Hub's model-index names our metrics (type: a metric id; name: what people read)
 METRIC_TYPES = {
@@ -57,63 +59,53 @@ METRIC_TYPES = {
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Helpers shared with the sweep summary (seqcls.sweep): JSON files, figures, Markdown tables
+
+
+def read_json(path: Path) -> Any:
+    """The JSON content of a file, or None when it is missing or not valid JSON (a run may not have written it)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib Figure on the Agg canvas (no pyplot figure, no display, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a figure as PNG under a temporary name, renamed into place."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool] | int = 0) -> list[str]:
+    """The lines of a Markdown table; `right`: per column whether it is right-aligned (numbers), or the number of
+    left-aligned columns before the right-aligned ones."""
+    if isinstance(right, int):
+        right = [i >= right for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Recording the run (called by training)
 
 
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    """The command line with the value of every access-token option replaced."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append("<redacted>")
-            hide_next = False
-            continue
-        key, eq, _ = arg.partition("=")
-        if key.startswith("--") and key[2:] in SECRET_OPTIONS:
-            if eq:
-                out.append(f"{key}=<redacted>")
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(arg)
-    return out
-
-
-def given_keys(args: Sequence[str], run_args: dict[str, Any]) -> list[str]:
-    """The option names a command line sets (`--key value`, `--key=value`, `--flag`, `--no_flag`)."""
-    keys: list[str] = []
-    for arg in args:
-        if not arg.startswith("--"):
-            continue
-        key = arg[2:].partition("=")[0]
-        if key not in run_args and key.startswith("no_") and key[3:] in run_args:
-            key = key[3:]
-        if key in run_args and key not in keys:
-            keys.append(key)
-    return keys
-
-
-def resolved_config(argv: Sequence[str], run_args: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """(config file, {option: value}) for every option the user set, in the file or on the command line, with
-    the values the run actually used. Saved as YAML it reproduces the run: `python run_classification.py it.yaml`.
-    Access tokens are left out."""
-    from .arguments import read_config_file
-
-    args = list(argv[1:])
-    config_file = None
-    keys: list[str] = []
-    if args and not args[0].startswith("-") and args[0].endswith(CONFIG_SUFFIXES):
-        config_file = args.pop(0)
-        try:
-            keys = [k for k in read_config_file(config_file) if k in run_args]
-        except UsageError:  # the file changed or vanished since; the command line is still known
-            keys = []
-    keys += [k for k in given_keys(args, run_args) if k not in keys]
-    order = {k: i for i, k in enumerate(run_args)}
-    keys.sort(key=lambda k: order[k])
-    return config_file, {k: run_args[k] for k in keys if k not in SECRET_OPTIONS}
+def resolved_config(given, run_args: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(config file, {option: value}) for every option the user set, in the file or on the command line (as the
+    parser recorded it: `arguments.GivenOptions`), with the values the run actually used. Saved as YAML it
+    reproduces the run: `python run_classification.py it.yaml`. Access tokens are left out."""
+    if given is None:
+        return None, {}
+    return given.config_file, {k: v for k, v in run_args.items() if k in given.keys and k not in SECRET_OPTIONS}
 
 
 def data_summary(raw, sources: dict) -> dict[str, dict[str, Any]]:
@@ -156,13 +148,14 @@ def versions() -> dict[str, str]:
 
 
 def record_run(out: str | Path, argv: Sequence[str] | None, raw=None, sources: dict | None = None,
-               world_size: int = 1) -> dict[str, Any]:
-    """Write run_info.json: the exact command (tokens redacted), the resolved config, data files and row counts."""
+               world_size: int = 1, given=None) -> dict[str, Any]:
+    """Write run_info.json: the exact command (tokens redacted), the resolved config (from `given`, the parser's
+    `GivenOptions`), data files and row counts."""
     out = Path(out)
     command = list(sys.argv) if argv is None else [_script_name(), *argv]
     command = redact_argv(command)
-    run_args = _read_json(out / "run_args.json") or {}
-    config_file, config = resolved_config(command, run_args)
+    run_args = read_json(out / "run_args.json") or {}
+    config_file, config = resolved_config(given, run_args)
     info = {
         "command": command,
         "cwd": os.getcwd(),
@@ -205,13 +198,23 @@ def display_command(info: dict[str, Any]) -> str:
 # Fonts: label names are often Chinese; matplotlib's own font (DejaVu Sans) has no CJK glyphs
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=None)
+def _charmap(path: str) -> frozenset[int]:
+    from matplotlib import ft2font
+
+    try:
+        return frozenset(ft2font.FT2Font(path).get_charmap())
+    except Exception:  # unreadable or unsupported font files: no glyphs
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=256)
 def font_for(text: str) -> str | None:
     """Path of an installed font that has a glyph for every character of `text`; None when none has.
 
     Checks the default font first, then every font matplotlib knows (`fc-list :lang=zh` lists the CJK ones;
     install e.g. fonts-noto-cjk to get Chinese label names drawn)."""
-    from matplotlib import font_manager, ft2font
+    from matplotlib import font_manager
 
     chars = {ord(c) for c in text if not c.isspace()}
     default = font_manager.findfont(font_manager.FontProperties(), fallback_to_default=True)
@@ -220,55 +223,58 @@ def font_for(text: str) -> str | None:
     for path in dict.fromkeys(candidates):
         if "lastresort" in os.path.basename(path).lower():
             continue  # matplotlib >= 3.10 ships LastResort: every code point maps to a placeholder box
-        try:
-            charmap = ft2font.FT2Font(path).get_charmap()
-        except Exception:  # unreadable or unsupported font files: try the next
-            continue
-        if chars <= charmap.keys():
+        if chars <= _charmap(path):
             return path
     return None
 
 
 @dataclasses.dataclass
 class TickLabels:
-    """What to write on the axes for the labels: their names, or their ids when no font can draw the names."""
+    """What to write on the axes for each label: its name in a font that has its glyphs, or its id where no
+    installed font has them (per label: one name without glyphs does not turn the others into ids)."""
 
     texts: list[str]
-    font: Any = None  # a FontProperties, or None for the default font
-    by_id: bool = False
+    fonts: list[Any]  # a FontProperties per label, or None for the default font
+    by_id: list[bool]
 
     @classmethod
     def for_names(cls, names: Sequence[str]) -> "TickLabels":
         from matplotlib.font_manager import FontProperties
 
-        path = font_for("".join(names))
-        if path is None:
-            return cls([str(i) for i in range(len(names))], None, True)
-        return cls(list(names), FontProperties(fname=path), False)
+        texts, fonts, by_id = [], [], []
+        for i, name in enumerate(names):
+            path = font_for(name)
+            texts.append(name if path is not None else str(i))
+            fonts.append(FontProperties(fname=path) if path is not None else None)
+            by_id.append(path is None)
+        return cls(texts, fonts, by_id)
+
+    @property
+    def any_by_id(self) -> bool:
+        return any(self.by_id)
+
+    def apply(self, tick_labels) -> None:
+        """Give each drawn tick label (matplotlib Text) its label's font."""
+        for text, font in zip(tick_labels, self.fonts):
+            if font is not None:
+                text.set_fontproperties(font)
+
+
+def labels_shown_by_id(names: Sequence[str]) -> list[int]:
+    """The ids of the labels the plots show by id (no installed font has their glyphs)."""
+    return [i for i, by_id in enumerate(TickLabels.for_names(names).by_id) if by_id]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Plots
 
 
-def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig, path: Path) -> None:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-
-
 def plot_confusion_matrix(report: dict[str, Any], path: str | Path, title: str = "") -> bool:
-    """Draw the confusion matrix of a classification report (counts and row-normalised; for multi-label one
-    2 x 2 matrix per label). Returns True when label ids stand in for names (no font has their glyphs)."""
+    """Draw the confusion matrix of a classification report with scikit-learn's ConfusionMatrixDisplay (counts and
+    row-normalised; for multi-label one 2 x 2 matrix per label). Returns True when a label id stands in for a name
+    (no installed font has its glyphs)."""
     import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     names = list(report["labels"])
     ticks = TickLabels.for_names(names)
@@ -278,65 +284,97 @@ def plot_confusion_matrix(report: dict[str, Any], path: str | Path, title: str =
         matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
         n = len(names)
         side = max(4.0, 0.45 * n + 2.5)
-        fig = _new_figure(2 * side + 1, side + (0.6 if ticks.by_id else 0.3))
+        fig = new_figure(2 * side + 1, side + (0.6 if ticks.any_by_id else 0.3))
         axes = fig.subplots(1, 2)
         totals = matrix.sum(axis=1, keepdims=True)
         normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-        for ax, values, what in ((axes[0], matrix, "counts"), (axes[1], normalised, "row-normalised (recall)")):
-            im = ax.imshow(values, cmap="Blues", vmin=0, vmax=values.max() or 1)
-            fig.colorbar(im, ax=ax, shrink=0.8)
+        rotation = 45 if n > 4 else 0
+        for ax, values, what, fmt in ((axes[0], matrix, "counts", "d"),
+                                      (axes[1], normalised, "row-normalised (recall)", ".2f")):
+            ConfusionMatrixDisplay(values, display_labels=ticks.texts).plot(
+                ax=ax, cmap="Blues", include_values=n <= 30, values_format=fmt, xticks_rotation=rotation,
+                im_kw={"vmin": 0, "vmax": values.max() or 1}, text_kw={"fontsize": 9})
             ax.set_title(what)
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
-            ax.set_xticks(range(n))
-            ax.set_yticks(range(n))
-            rotation = 45 if n > 4 and not ticks.by_id else 0
-            ax.set_xticklabels(ticks.texts, rotation=rotation, ha="right" if rotation else "center",
-                               fontproperties=ticks.font)
-            ax.set_yticklabels(ticks.texts, fontproperties=ticks.font)
-            if n <= 30:
-                high = values.max() / 2 if values.max() else 0.5
-                for i in range(n):
-                    for j in range(n):
-                        text = f"{values[i, j]:d}" if values is matrix else f"{values[i, j]:.2f}"
-                        ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                                color="white" if values[i, j] > high else "black")
+            if rotation:
+                for text in ax.get_xticklabels():
+                    text.set_horizontalalignment("right")
+            ticks.apply(ax.get_xticklabels())
+            ticks.apply(ax.get_yticklabels())
         fig.suptitle(title)
-    if ticks.by_id:
+    if ticks.any_by_id:
         # supxlabel: constrained layout makes room for it (fig.text would overlap the axis labels)
-        fig.supxlabel("label ids stand in for the names (no installed font has their glyphs): see README.md",
-                      fontsize=8)
+        fig.supxlabel("label ids stand in for the names no installed font can draw: see README.md", fontsize=8)
     save_figure(fig, Path(path))
-    return ticks.by_id
+    return ticks.any_by_id
 
 
 def _multi_label_figure(report: dict[str, Any], names: list[str], ticks: TickLabels, title: str):
     import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     per_label = report["confusion_matrix_per_label"]
     n = len(names)
     cols = min(n, 6)
     rows = -(-n // cols)
-    fig = _new_figure(2.1 * cols + 0.5, 2.1 * rows + 0.8)
+    fig = new_figure(2.1 * cols + 0.5, 2.1 * rows + 0.8)
     axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
-    for ax, name, text in zip(axes, names, ticks.texts):
+    for ax, name, text, font in zip(axes, names, ticks.texts, ticks.fonts):
         m = np.asarray(per_label[name], dtype=np.int64)  # [[tn, fp], [fn, tp]]
         totals = m.sum(axis=1, keepdims=True)
         norm = np.divide(m, totals, out=np.zeros(m.shape, dtype=float), where=totals > 0)
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        for i in range(2):
-            for j in range(2):
-                ax.text(j, i, f"{m[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_title(text, fontproperties=ticks.font, fontsize=9)
-        ax.set_xticks([0, 1])
-        ax.set_xticklabels(["no", "yes"], fontsize=7)
-        ax.set_yticks([0, 1])
-        ax.set_yticklabels(["no", "yes"], fontsize=7)
+        display = ConfusionMatrixDisplay(norm, display_labels=["no", "yes"]).plot(
+            ax=ax, cmap="Blues", colorbar=False, im_kw={"vmin": 0, "vmax": 1}, text_kw={"fontsize": 8})
+        for (i, j), cell in np.ndenumerate(display.text_):
+            cell.set_text(f"{m[i, j]}\n{norm[i, j]:.2f}")  # the count and the row share in each cell
+        ax.set_title(text, fontproperties=font, fontsize=9)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(labelsize=7)
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.suptitle(f"{title}\nper label: rows true no/yes, columns predicted no/yes; count and row share")
     return fig
+
+
+def plot_reliability_diagram(record: dict[str, Any], path: str | Path, title: str = "") -> None:
+    """Confidence against accuracy per bin (the bins of ECE), with the count of each bin below; before and after
+    calibration side by side when the run fitted one (`calibration.reliability` gives the record)."""
+    panels = [("before calibration", record["before_calibration"]), ("after calibration (the saved model)",
+                                                                      record["model"])] \
+        if record.get("before_calibration") is not None else [("", record["model"])]
+    multi = record["over"].startswith("every (row, label)")
+    fig = new_figure(max(7.0, 5.0 * len(panels) + 0.5), 6.0)
+    axes = fig.subplots(2, len(panels), squeeze=False, sharex=True, height_ratios=[3, 1])
+    width = 1 / record["bins"]
+    for col, (name, bins) in enumerate(panels):
+        top, bottom = axes[0, col], axes[1, col]
+        centres = [(b["low"] + b["high"]) / 2 for b in bins]
+        accuracy = [b["accuracy"] for b in bins]
+        confidence = [b["confidence"] for b in bins]
+        counts = [b["count"] for b in bins]
+        total = sum(counts) or 1
+        ece = sum(n / total * abs(a - c) for n, a, c in zip(counts, accuracy, confidence))
+        top.bar(centres, accuracy, width=width, color="tab:blue", edgecolor="white", label="accuracy in the bin"
+                if not multi else "share of pairs where the label is true")
+        top.bar(centres, [c - a for a, c in zip(accuracy, confidence)], bottom=accuracy, width=width, fill=False,
+                edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap to the mean confidence")
+        top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfectly calibrated")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("observed frequency" if multi else "accuracy")
+        top.set_title(f"{name + ': ' if name else ''}ECE {ece:.4f} ({record['bins']} bins)", fontsize=10)
+        top.legend(fontsize=7, loc="upper left")
+        bottom.bar(centres, counts, width=width, color="tab:gray", edgecolor="white")
+        for x, n in zip(centres, counts):
+            bottom.text(x, n, str(n), ha="center", va="bottom", fontsize=6, rotation=90 if n >= 1000 else 0)
+        bottom.set_ylim(0, max(counts, default=1) * 1.35)
+        bottom.set_ylabel("pairs" if multi else "rows")
+        bottom.set_xlabel("predicted probability of the label" if multi else "confidence (top-label probability)")
+    over = textwrap.fill(f"over {record['over']}", 90)
+    fig.suptitle(f"{title}\n{over}" if title else over, fontsize=10)
+    save_figure(fig, Path(path))
 
 
 def plot_training_curves(state: dict[str, Any], path: str | Path, metric: str | None = None,
@@ -348,7 +386,7 @@ def plot_training_curves(state: dict[str, Any], path: str | Path, metric: str | 
     eval_loss = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
     key = f"eval_{metric}" if metric and not metric.startswith("eval_") else metric
     evals = [(h["step"], h[key]) for h in history if key and key in h and "step" in h]
-    fig = _new_figure(11, 4)
+    fig = new_figure(11, 4)
     left, right = fig.subplots(1, 2, sharex=True)  # one step axis: a single evaluation sits where it belongs
     if train:
         left.plot(*zip(*train), label="train loss", color="tab:blue")
@@ -385,13 +423,6 @@ def plot_training_curves(state: dict[str, Any], path: str | Path, metric: str | 
 
 # ----------------------------------------------------------------------------------------------------------
 # The model card
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -438,22 +469,13 @@ def fallback_config(run_args: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _metric_entries(results: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
-    entries = []
-    for key, (mtype, mname) in METRIC_TYPES.items():
-        value = results.get(f"{prefix}_{key}")
-        if isinstance(value, (int, float)):
-            entries.append({"type": mtype, "value": round(float(value), 4), "name": f"{mname} ({prefix})"})
-    return entries
-
-
 def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str:
     """The README.md of a trained model directory: Hugging Face front matter, then results, data, use and
     how to reproduce the run."""
-    info = _read_json(out / RUN_INFO) or {}
-    run_args = _read_json(out / "run_args.json") or {}
-    config_json = _read_json(out / "config.json") or {}
-    results = _read_json(out / "all_results.json") or {}
+    info = read_json(out / RUN_INFO) or {}
+    run_args = read_json(out / "run_args.json") or {}
+    config_json = read_json(out / "config.json") or {}
+    results = read_json(out / "all_results.json") or {}
     settings = _settings(out, config_json)
     problem_type = settings.label_space.problem_type if settings else (config_json.get("problem_type") or SINGLE)
     if problem_type == REGRESSION:
@@ -469,33 +491,31 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
     if name == run_args.get("output_dir"):
         name = out.name
 
-    # --- front matter ---------------------------------------------------------------------------------
-    front: dict[str, Any] = {}
-    if hub_base:
-        front["base_model"] = hub_base
-    front["library_name"] = "peft" if is_lora else "transformers"
-    front["pipeline_tag"] = "text-classification"
-    front["tags"] = ["seqcls", "text-classification", problem_type.replace("_", "-"), "generated_from_trainer"] + (
-        ["lora"] if is_lora else [])
-    if names:
-        front["labels"] = names
-    metric_names = [k for k in METRIC_TYPES if any(f"{p}_{k}" in results for p in ("eval", "test"))]
-    if metric_names:
-        front["metrics"] = metric_names
-    model_results = []
-    for prefix, split in (("eval", "validation"), ("test", "test")):
-        entries = _metric_entries(results, prefix)
-        if not entries:
-            continue
-        source = (data.get(split) or {}).get("file") or run_args.get(f"{split}_file") or run_args.get("train_file")
-        dataset = {"name": Path(str(source)).name if source else split, "type": _dataset_type(source),
-                   "split": split}
-        model_results.append({"task": {"type": "text-classification", "name": "Text Classification"},
-                              "dataset": dataset, "metrics": entries})
-    if model_results:
-        front["model-index"] = [{"name": name, "results": model_results}]
+    # --- front matter (huggingface_hub's ModelCardData: the Hub's metadata names and model-index) -----------
+    from huggingface_hub import EvalResult, ModelCardData
 
-    lines = ["---", _yaml(front).rstrip(), "---", "", f"# {name}", ""]
+    eval_results = []
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        source = (data.get(split) or {}).get("file") or run_args.get(f"{split}_file") or run_args.get("train_file")
+        for key, (mtype, mname) in METRIC_TYPES.items():
+            value = results.get(f"{prefix}_{key}")
+            if isinstance(value, (int, float)):
+                eval_results.append(EvalResult(
+                    task_type="text-classification", task_name="Text Classification",
+                    dataset_type=_dataset_type(source), dataset_name=Path(str(source)).name if source else split,
+                    dataset_split=split, metric_type=mtype, metric_value=round(float(value), 4),
+                    metric_name=f"{mname} ({prefix})"))
+    metric_names = [k for k in METRIC_TYPES if any(f"{p}_{k}" in results for p in ("eval", "test"))]
+    card_data = ModelCardData(
+        base_model=hub_base, library_name="peft" if is_lora else "transformers", pipeline_tag="text-classification",
+        tags=["seqcls", "text-classification", problem_type.replace("_", "-"), "generated_from_trainer"]
+        + (["lora"] if is_lora else []),
+        labels=names or None, metrics=metric_names or None,
+        model_name=name if eval_results else None, eval_results=eval_results or None)
+    front = card_data.to_yaml(original_order=["base_model", "library_name", "pipeline_tag", "tags", "labels",
+                                              "metrics", "model-index"])
+
+    lines = ["---", front, "---", "", f"# {name}", ""]
     kind = {SINGLE: f"single-label classifier over {len(names)} labels",
             MULTI: f"multi-label classifier over {len(names)} labels",
             REGRESSION: "regression model (one score)"}[problem_type]
@@ -506,19 +526,15 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
 
     # --- labels and results -----------------------------------------------------------------------------
     if names:
-        lines += ["## Labels", "", "| id | label |", "|---:|---|"]
-        lines += [f"| {i} | {n} |" for i, n in enumerate(names)]
-        lines.append("")
+        lines += ["## Labels", "", *markdown_table(["id", "label"], list(enumerate(names)), [True, False]), ""]
     lines += ["## Results", ""]
     shown = [(p, k) for p in ("eval", "test") for k in METRIC_TYPES if f"{p}_{k}" in results]
     if shown:
-        lines += ["| split | metric | value |", "|---|---|---:|"]
         split_name = {"eval": "validation", "test": "test"}
-        lines += [f"| {split_name[p]} | {k} | {_fmt(results[f'{p}_{k}'])} |" for p, k in shown]
-        for p in ("eval", "test"):
-            if f"{p}_samples" in results:
-                lines.append(f"| {'validation' if p == 'eval' else 'test'} | rows | {results[f'{p}_samples']} |")
-        lines.append("")
+        rows = [(split_name[p], k, _fmt(results[f"{p}_{k}"])) for p, k in shown]
+        rows += [(split_name[p], "rows", results[f"{p}_samples"]) for p in ("eval", "test")
+                 if f"{p}_samples" in results]
+        lines += [*markdown_table(["split", "metric", "value"], rows, 2), ""]
     else:
         lines += ["No evaluation results in all_results.json.", ""]
     for prefix, split in (("eval_", "validation"), ("test_", "test")):
@@ -530,37 +546,35 @@ def model_card(out: Path, by_id: bool = False, plots: Sequence[str] = ()) -> str
         lines += [f"Best-model metric: `{best}` ({'higher' if run_args.get('greater_is_better', True) else 'lower'} "
                   "is better).", ""]
     report_name = next((r for r in ("test_report.json", "eval_report.json") if (out / r).is_file()), None)
-    report = _read_json(out / report_name) if report_name else None
+    report = read_json(out / report_name) if report_name else None
     if report and report.get("per_class"):
+        per_class = [(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1-score']:.4f}",
+                      int(row["support"])) for label in names if (row := report["per_class"].get(label))]
         lines += [f"Per class ({'test' if report_name.startswith('test') else 'validation'}):", "",
-                  "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-        for label in names:
-            row = report["per_class"].get(label)
-            if row:
-                lines.append(f"| {label} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1-score']:.4f} "
-                             f"| {int(row['support'])} |")
-        lines.append("")
+                  *markdown_table(["label", "precision", "recall", "F1", "support"], per_class, 1), ""]
     if CONFUSION_PNG in plots:
         lines += [f"![confusion matrix]({CONFUSION_PNG})", ""]
     if CURVES_PNG in plots:
         lines += [f"![training curves]({CURVES_PNG})", ""]
-    if by_id and names:
-        mapping = ", ".join(f"{i} = {n}" for i, n in enumerate(names))
-        lines += [f"In the plots, label ids stand in for the names ({mapping}): no installed font has their "
-                  "glyphs (install one, e.g. fonts-noto-cjk, and run `python -m seqcls.report OUTPUT_DIR`).", ""]
+    shown_by_id = labels_shown_by_id(names) if by_id and names else []
+    if shown_by_id:
+        mapping = ", ".join(f"{i} = {names[i]}" for i in shown_by_id)
+        lines += [f"In the plots, label ids stand in for the names no installed font has the glyphs of ({mapping}; "
+                  "install a font that has them, e.g. fonts-noto-cjk, and run `python -m seqcls.report OUTPUT_DIR`).",
+                  ""]
+    if problem_type != REGRESSION:
+        lines += calibration_section(results, settings.calibration if settings else None, problem_type,
+                                     RELIABILITY_PNG in plots, report_name)
 
     # --- use --------------------------------------------------------------------------------------------
     if settings is not None:
         lines += usage_section(settings, run_args.get("output_dir") or out.name, is_lora)
     # --- data -------------------------------------------------------------------------------------------
     if data:
-        lines += ["## Data", "", "| split | file | rows in file | rows used |", "|---|---|---:|---:|"]
-        for split, entry in data.items():
-            note = " (held out of train)" if entry.get("held_out_from_train") else ""
-            rows = entry.get("rows_in_file")
-            lines.append(f"| {split}{note} | `{entry.get('file')}` | {rows if rows is not None else '?'} "
-                         f"| {entry.get('rows_used')} |")
-        lines.append("")
+        rows = [(split + (" (held out of train)" if entry.get("held_out_from_train") else ""), f"`{entry.get('file')}`",
+                 "?" if entry.get("rows_in_file") is None else entry["rows_in_file"], entry.get("rows_used"))
+                for split, entry in data.items()]
+        lines += ["## Data", "", *markdown_table(["split", "file", "rows in file", "rows used"], rows, 2), ""]
 
     # --- training and reproduction ----------------------------------------------------------------------
     lines += ["## Training", ""]
@@ -655,7 +669,9 @@ def usage_section(settings, model_dir: str, is_lora: bool) -> list[str]:
             notes.append("Multi-label: a label applies when its sigmoid probability is at least 0.5.")
     if space.problem_type == REGRESSION:
         notes.append("Regression: the one output is the predicted value (`function_to_apply=\"none\"`).")
-    notes.append(calibration_note(settings.calibration) if space.problem_type != REGRESSION else "")
+    if space.problem_type != REGRESSION and settings.calibration:
+        notes.append("The probabilities are calibrated in the weights themselves (see Calibration): every consumer "
+                     "gets them with nothing to apply.")
     lines += [f"- {n}" for n in notes if n] + [""]
     request = {"model": target, "input": ["..."]}
     if settings.max_seq_length:
@@ -670,6 +686,37 @@ def usage_section(settings, model_dir: str, is_lora: bool) -> list[str]:
         lines += ["vLLM's classify endpoint takes single texts and applies softmax or sigmoid: "
                   + ("this pair model needs seqcls or `pipeline`." if cols.pair else
                      "for this regression model use seqcls or `pipeline`."), ""]
+    return lines
+
+
+def calibration_section(results: dict[str, Any], record: dict | None, problem_type: str, diagram: bool,
+                        report_name: str | None) -> list[str]:
+    """The card's "Calibration": how the probabilities were calibrated, ECE/Brier/NLL per split (before -> after
+    when this run calibrated), and the reliability diagram."""
+    lines = ["## Calibration", "", calibration_note(record), ""]
+    rows = []
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        if f"{prefix}_ece" not in results:
+            continue
+        cells = []
+        for key in ("ece", "brier", "nll"):
+            after, before = results[f"{prefix}_{key}"], results.get(f"{prefix}_{key}_before_calibration")
+            cells.append(f"{before:.4f} → {after:.4f}" if before is not None else f"{after:.4f}")
+        fitted = prefix == "eval" and f"{prefix}_ece_before_calibration" in results
+        rows.append((split + (" (the fit rows)" if fitted else ""), *cells))
+    if rows:
+        before = any(f"{p}_ece_before_calibration" in results for p in ("eval", "test"))
+        over = ("every (row, label) pair" if problem_type == MULTI else "the top-label confidence of every row")
+        lines += [f"ECE (15 equal-width bins over {over}), Brier score and NLL"
+                  + (", before → after calibration" if before else "") + " (lower is better):", "",
+                  *markdown_table(["split", "ECE", "Brier", "NLL"], rows, 1), ""]
+    if diagram:
+        split = "test" if report_name and report_name.startswith("test") else "validation"
+        lines += [f"![reliability diagram]({RELIABILITY_PNG})", "",
+                  f"Reliability diagram ({split}): in each bin, the mean predicted probability against how often it "
+                  "was right" + (" (the share of (row, label) pairs where the label is true)" if problem_type == MULTI
+                                 else "") + "; bars below the diagonal are over-confident. Counts below each bin.",
+                  ""]
     return lines
 
 
@@ -700,68 +747,102 @@ def _dataset_type(source: Any) -> str:
 # Putting it together
 
 
-def regenerate(out: str | Path) -> list[str]:
-    """Draw the plots and write the model card of the finished run in `out`. Returns the problems met (each
-    already warned about); an empty list means everything was written."""
+def _attempt(out: Path, problems: list[str], what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # a report must never fail a run: say what went wrong and go on
+        problems.append(f"{what}: {type(e).__name__}: {e}")
+        logger.warning("report: could not write %s in %s: %s: %s", what, out, type(e).__name__, e)
+        return None
+
+
+def evaluation_report(out: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """(file name, content) of the report the plots are drawn from: test_report.json when it has labels (held
+    out from any calibration fit), else eval_report.json; (None, None) when neither has."""
+    for name in ("test_report.json", "eval_report.json"):
+        report = read_json(out / name) or {}
+        if report.get("labels"):
+            return name, report
+    return None, None
+
+
+def draw_plots(out: str | Path, curves: bool = True) -> tuple[list[str], bool, list[str]]:
+    """Draw the plots the files in `out` allow: the confusion matrix and the reliability diagram (from the test
+    or eval report), the training curves (from trainer_state.json, when `curves`). Returns (files written,
+    whether a label id stands in for a name, problems met)."""
     out = Path(out)
     problems: list[str] = []
     plots: list[str] = []
     by_id = False
-    run_args = _read_json(out / "run_args.json") or {}
-
-    def attempt(what: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # a report must never fail a run: say what went wrong and go on
-            problems.append(f"{what}: {type(e).__name__}: {e}")
-            logger.warning("report: could not write %s in %s: %s: %s", what, out, type(e).__name__, e)
-            return None
-
-    report_name = next((r for r in ("test_report.json", "eval_report.json")
-                        if (_read_json(out / r) or {}).get("labels")), None)
-    if report_name:
+    run_args = read_json(out / "run_args.json") or {}
+    report_name, report = evaluation_report(out)
+    if report is not None:
         split = "test" if report_name.startswith("test") else "validation"
-        report = _read_json(out / report_name)
-        ok = attempt(CONFUSION_PNG, plot_confusion_matrix, report, out / CONFUSION_PNG,
-                     f"confusion matrix ({split}, {sum(map(sum, report.get('confusion_matrix', [[0]])))} rows)"
-                     if report.get("confusion_matrix") else f"confusion matrix per label ({split})")
+        ok = _attempt(out, problems, CONFUSION_PNG, plot_confusion_matrix, report, out / CONFUSION_PNG,
+                      f"confusion matrix ({split}, {sum(map(sum, report.get('confusion_matrix', [[0]])))} rows)"
+                      if report.get("confusion_matrix") else f"confusion matrix per label ({split})")
         if ok is not None:
             plots.append(CONFUSION_PNG)
             by_id = ok
+        if report.get("reliability"):
+            def reliability():
+                plot_reliability_diagram(report["reliability"], out / RELIABILITY_PNG, f"reliability ({split})")
+                return True
+
+            if _attempt(out, problems, RELIABILITY_PNG, reliability):
+                plots.append(RELIABILITY_PNG)
     state_path = out / "trainer_state.json"
-    if state_path.is_file():
-        def curves():
+    if curves and state_path.is_file():
+        def draw_curves():
             state = json.loads(state_path.read_text(encoding="utf-8"))
             plot_training_curves(state, out / CURVES_PNG, run_args.get("metric_for_best_model"),
-                                 _read_json(out / "all_results.json"))
+                                 read_json(out / "all_results.json"))
             return True
 
-        if attempt(CURVES_PNG, curves):
+        if _attempt(out, problems, CURVES_PNG, draw_curves):
             plots.append(CURVES_PNG)
+    return plots, by_id, problems
+
+
+def regenerate(out: str | Path) -> list[str]:
+    """Draw the plots and write the model card of the finished run in `out`. Returns the problems met (each
+    already warned about); an empty list means everything was written."""
+    out = Path(out)
+    plots, by_id, problems = draw_plots(out)
 
     def card():
         with atomic_open(out / CARD) as f:
             f.write(model_card(out, by_id=by_id, plots=plots))
         return True
 
-    attempt(CARD, card)
+    if _attempt(out, problems, CARD, card):
+        plots.append(CARD)
+    if plots:
+        logger.info("report: %s in %s", ", ".join(plots), out)
     return problems
+
+
+def write_evaluation_plots(out: str | Path) -> list[str]:
+    """An evaluate-only run (a trained model measured on a labelled file): the confusion matrix and the
+    reliability diagram of its eval/test report, beside it. Never raises; returns the files written."""
+    plots, _, _ = draw_plots(out, curves=False)  # no training here
+    if plots:
+        logger.info("report: %s in %s", ", ".join(plots), out)
+    return plots
 
 
 def write_report(out: str | Path, argv: Sequence[str] | None = None, raw=None, sources: dict | None = None,
-                 world_size: int = 1) -> list[str]:
-    """Called by training on the main process at the end of a run: record the command and data, then
-    draw the plots and write the model card. Never raises; problems are warnings."""
+                 world_size: int = 1, given=None) -> list[str]:
+    """Called by training on the main process at the end of a run: record the command, the options the user
+    gave (`given`: the parser's `arguments.GivenOptions`) and the data, then draw the plots and write the model
+    card. Never raises; problems are warnings."""
     problems: list[str] = []
     try:
-        record_run(out, argv, raw, sources, world_size)
+        record_run(out, argv, raw, sources, world_size, given)
     except Exception as e:  # the card can still be written without run_info.json
         problems.append(f"{RUN_INFO}: {type(e).__name__}: {e}")
         logger.warning("report: could not write %s in %s: %s: %s", RUN_INFO, out, type(e).__name__, e)
-    problems += regenerate(out)
-    if not problems:
-        logger.info("report: %s, %s and %s in %s", CARD, CONFUSION_PNG, CURVES_PNG, out)
-    return problems
+    return problems + regenerate(out)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UsageError
+from .metrics import BEST_METRIC, greater_is_better
 from .outputs import atomic_open
+from .redaction import SECRET_OPTIONS
+from .report import markdown_table, new_figure, read_json, save_figure
 
 SEED = "seed"
 RUNNING_MARKER = ".sweep_running"  # scripts/sweep.sh: present from the start of a run until it exits cleanly
 # options that differ between runs without being parameters
-NOT_PARAMETERS = {"output_dir", "run_name", "logging_dir", "hub_model_id", "hub_token", "token"}
+NOT_PARAMETERS = {"output_dir", "run_name", "logging_dir", "hub_model_id", *SECRET_OPTIONS}
 
 
 @dataclass
@@ -37,13 +40,6 @@ class Run:
     status: str  # done, failed, interrupted, not started
     results: dict[str, Any] = field(default_factory=dict)
     run_args: dict[str, Any] = field(default_factory=dict)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _number(value: str) -> float | None:
@@ -71,11 +67,11 @@ def collect_runs(sweep_dir: str | Path) -> list[Run]:
         failed = {line.split("\t")[0] for line in failed_file.read_text(encoding="utf-8").splitlines() if line}
     runs = []
     for path in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        params = _read_json(path / "params.json")
-        run_args = _read_json(path / "run_args.json") or {}
+        params = read_json(path / "params.json")
+        run_args = read_json(path / "run_args.json") or {}
         if params is None and not run_args:
             continue
-        results = _read_json(path / "all_results.json") or {}
+        results = read_json(path / "all_results.json") or {}
         if results and not (path / RUNNING_MARKER).exists():
             status = "done"
         elif path.name in failed:
@@ -110,18 +106,22 @@ def swept_parameters(runs: Sequence[Run]) -> list[str]:
 
 
 def choose_metric(runs: Sequence[Run], metric: str | None = None) -> tuple[str, bool]:
-    """(results key, greater is better): the given metric, else the runs' metric_for_best_model."""
+    """(results key, greater is better): the given metric, else the runs' metric_for_best_model, else the best-model
+    metric of seqcls.metrics the runs have. The direction: the runs' greater_is_better for their own best-model
+    metric, else what seqcls.metrics knows of the metric, else the Trainer's rule (greater unless a loss)."""
+    for r in runs:
+        name = r.run_args.get("metric_for_best_model")
+        if not name:
+            continue
+        key = name if name.startswith(("eval_", "test_")) else f"eval_{name}"
+        if metric is None or metric == key:
+            return key, bool(r.run_args.get("greater_is_better", True))
     if metric is None:
-        for r in runs:
-            if r.run_args.get("metric_for_best_model"):
-                name = r.run_args["metric_for_best_model"]
-                key = name if name.startswith(("eval_", "test_")) else f"eval_{name}"
-                return key, bool(r.run_args.get("greater_is_better", True))
         done = [r for r in runs if r.results]
-        candidates = [k for k in ("eval_macro_f1", "eval_accuracy", "eval_mse", "eval_loss")
-                      if any(k in r.results for r in done)]
-        metric = candidates[0] if candidates else "eval_loss"
-    return metric, not re.search(r"loss|mse|mae|error", metric)
+        wanted = [f"eval_{name}" for name, _ in dict.fromkeys(BEST_METRIC.values())] + ["eval_accuracy", "eval_loss"]
+        metric = next((k for k in wanted if any(k in r.results for r in done)), "eval_loss")
+    greater = greater_is_better(metric)
+    return metric, greater if greater is not None else not metric.endswith("loss")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -188,24 +188,17 @@ def markdown(sweep_dir: Path, runs: Sequence[Run], params: Sequence[str], metric
     rows.sort(key=lambda row: _sort_key(row[2][metric][0] if row[2].get(metric) else None, greater))
     lines += [f"## By setting: mean ± std over {SEED}s" if SEED in params else "## By setting", ""]
     header = [*setting, "seeds" if SEED in params else "runs", *columns]
-    aligns = ["---"] * len(setting) + ["---:"] * (len(header) - len(setting))
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(aligns) + "|"]
-    for key, n, stats in rows:
-        cells = [*key, str(n)] + [_fmt(*stats[c]) if stats[c] else "" for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    cells = [[*key, str(n)] + [_fmt(*stats[c]) if stats[c] else "" for c in columns] for key, n, stats in rows]
+    lines += [*markdown_table(header, cells, len(setting)), ""]
 
     lines += ["## Runs", ""]
     header = ["run", *params, *columns, "status"]
-    lines += ["| " + " | ".join(header) + " |",
-              "|" + "|".join(["---"] * (1 + len(params)) + ["---:"] * len(columns) + ["---"]) + "|"]
     ordered = sorted(runs, key=lambda r: (r.status != "done", _sort_key(r.results.get(metric), greater), r.name))
-    for r in ordered:
-        cells = [r.name, *(r.params.get(p, "") for p in params)]
-        cells += [f"{r.results[c]:.4f}" if isinstance(r.results.get(c), (int, float)) else "" for c in columns]
-        cells.append(r.status)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    cells = [[r.name, *(r.params.get(p, "") for p in params),
+              *(f"{r.results[c]:.4f}" if isinstance(r.results.get(c), (int, float)) else "" for c in columns),
+              r.status] for r in ordered]
+    right = [False] * (1 + len(params)) + [True] * len(columns) + [False]
+    lines += [*markdown_table(header, cells, right), ""]
     for param, png in plots:
         lines += [f"![{metric} against {param}]({png})", ""]
     return "\n".join(lines)
@@ -215,9 +208,6 @@ def plot_parameter(runs: Sequence[Run], params: Sequence[str], param: str, metri
                    path: Path) -> None:
     """The metric against one parameter: each run a dot, mean ± std over seeds as a line with error bars;
     one line per value of the other parameters when there are a few, else the mean over them."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     done = [r for r in runs if r.status == "done" and isinstance(r.results.get(metric), (int, float))]
     others = [p for p in params if p not in (param, SEED)]
     series: dict[tuple, list[Run]] = {}
@@ -229,8 +219,7 @@ def plot_parameter(runs: Sequence[Run], params: Sequence[str], param: str, metri
     values = sorted({r.params.get(param, "") for r in done}, key=lambda v: (_number(v) is None, _number(v) or 0, v))
     numeric = all(_number(v) is not None for v in values)
     xs = {v: (_number(v) if numeric else i) for i, v in enumerate(values)}
-    fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(7, 4.5)
     ax = fig.subplots()
     for key, members in sorted(series.items()):
         label = ", ".join(f"{p}={v}" for p, v in zip(others, key)) or None
@@ -262,8 +251,7 @@ def plot_parameter(runs: Sequence[Run], params: Sequence[str], param: str, metri
     ax.grid(alpha=0.3)
     if others:
         ax.legend(fontsize=8)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
+    save_figure(fig, path)
 
 
 def summarize(sweep_dir: str | Path, metric: str | None = None) -> dict[str, Any]:

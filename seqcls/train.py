@@ -19,7 +19,7 @@ from transformers import DataCollatorWithPadding, Trainer, set_seed
 from .arguments import hf_token, parse_args, to_loggable_dict
 from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
 from .calibration import (calibration_metrics, calibration_record, check_fittable, fit_temperatures,
-                          fold_temperatures)
+                          fold_temperatures, reliability)
 from .checkpoints import (IDENTITY_FILE, LOCK_FILE, LOSS_TALLY, GracefulStop, Interrupted, RecordIdentity,
                           RestoreLossTally, finished_results, give_weights_umask_mode, loss_tally, output_dir_lock,
                           plan_run, set_aside_incomplete, write_identity)
@@ -40,7 +40,7 @@ from .modeling import (apply_lora, check_head_unquantized, check_model_source, c
                        prepare_precision, quantization_config, resolve_dtype, set_sides)
 from .outputs import classification_report, decode, write_json, write_jsonl
 from .packing import LAST_TOKEN_KEY, PackedForward
-from .report import write_report
+from .report import write_evaluation_plots, write_report
 from .thresholds import tune_thresholds
 
 logger = logging.getLogger("seqcls")
@@ -444,7 +444,8 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
         if trainer.is_world_process_zero():
-            write_json(out / "eval_report.json", classification_report(label_space, logits, labels, thresholds))
+            write_json(out / "eval_report.json", classification_report(label_space, logits, labels, thresholds)
+                       | reliability(label_space, logits, labels, fitted))
 
     # --- Predict --------------------------------------------------------------------------------------
     if training_args.do_predict:
@@ -463,12 +464,15 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
             rows = ({"id": i, **row} for i, row in zip(ids, decode(label_space, logits, thresholds)))
             write_jsonl(out / "predict_results.jsonl", rows)
             if labels is not None:
-                write_json(out / "test_report.json", classification_report(label_space, logits, labels, thresholds))
+                write_json(out / "test_report.json", classification_report(label_space, logits, labels, thresholds)
+                           | reliability(label_space, logits, labels, fitted))
             logger.info("predictions: %s (%d rows)", out / "predict_results.jsonl", len(test))
 
     # --- Report: plots and model card (a plot that fails only warns) ----------------------------------
     if training_args.do_train and trainer.is_world_process_zero():
-        write_report(out, argv, raw, sources, training_args.world_size)
+        write_report(out, argv, raw, sources, training_args.world_size, training_args.given_options)
+    elif trainer.is_world_process_zero() and (training_args.do_eval or training_args.do_predict):
+        write_evaluation_plots(out)  # a trained model measured on labelled data: confusion matrix, reliability
     if training_args.do_train and training_args.should_save:
         give_weights_umask_mode(out)  # trainer.save_model's safetensors come with mode 0600
         write_identity(out, plan.identity, finished=True)  # last: a run killed before this is not finished

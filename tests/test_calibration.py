@@ -97,6 +97,47 @@ def test_run_records_the_fit_and_evaluates_the_folded_model(calibrated):
         assert metrics[f"eval_{k}_before_calibration"] == pytest.approx(record["before"][k], abs=1e-5)
 
 
+def ece_of(bins) -> float:
+    total = sum(b["count"] for b in bins)
+    return sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins)
+
+
+def test_reliability_diagram_before_and_after_in_the_report(calibrated):
+    """eval_report.json holds the diagram's bins (the ECE bins, with counts) before and after the fit; the PNG and
+    the card's Calibration section show them."""
+    from test_report import PNG_MAGIC
+
+    record = json.loads((calibrated / "eval_report.json").read_text())["reliability"]
+    metrics = json.loads((calibrated / "eval_results.json").read_text())
+    assert record["bins"] == 15 and record["over"].startswith("top-label confidence")
+    for key, metric in (("model", "eval_ece"), ("before_calibration", "eval_ece_before_calibration")):
+        assert sum(b["count"] for b in record[key]) == metrics["eval_samples"]
+        assert ece_of(record[key]) == pytest.approx(metrics[metric], abs=1e-5)
+    assert (calibrated / "reliability_diagram.png").read_bytes()[:8] == PNG_MAGIC
+    card = (calibrated / "README.md").read_text(encoding="utf-8")
+    section = card.split("## Calibration")[1].split("\n## ")[0]
+    assert "![reliability diagram](reliability_diagram.png)" in section
+    assert (f"| validation (the fit rows) | {metrics['eval_ece_before_calibration']:.4f} → {metrics['eval_ece']:.4f} |"
+            in section)
+
+
+def test_measure_a_trained_dir_on_a_labelled_file(calibrated, tmp_path):
+    """An evaluate-only run measures a trained model's calibration on any labelled file: ECE/Brier/NLL and the
+    reliability diagram, without writing a model."""
+    from seqcls.train import main
+
+    out = tmp_path / "measured"
+    main(["--model_name_or_path", str(calibrated), "--output_dir", str(out), "--do_eval", "--validation_file",
+          str(ROOT / "data/example_test.jsonl"), "--use_cpu", "true", "--report_to", "none"])
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_ece", "eval_brier", "eval_nll"} <= set(metrics) and metrics["eval_samples"] == 60
+    assert not any(k.endswith("_before_calibration") for k in metrics)  # nothing fitted here
+    record = json.loads((out / "eval_report.json").read_text())["reliability"]
+    assert "before_calibration" not in record and ece_of(record["model"]) == pytest.approx(metrics["eval_ece"],
+                                                                                         abs=1e-5)
+    assert (out / "reliability_diagram.png").is_file() and not (out / "model.safetensors").exists()
+
+
 def test_recalibrate_a_trained_dir_on_new_data(calibrated, tmp_path):
     """An evaluate-only run with --calibration writes a new model directory whose record multiplies the
     temperatures; the shipped directory is left as it was."""
@@ -113,6 +154,37 @@ def test_recalibrate_a_trained_dir_on_new_data(calibrated, tmp_path):
     assert record["fitted_on"].endswith("example_test.jsonl")
     metrics = json.loads((new / "eval_results.json").read_text())
     assert metrics["eval_nll"] == pytest.approx(record["after"]["nll"], abs=1e-5)
+    # the new directory serves the recalibrated probabilities: the shipped model's logits / this fit's T
+    from seqcls import Classifier
+
+    texts = ["很好吃，送得也快", "太慢了", "一般般"]
+    shipped = Classifier.from_pretrained(calibrated).predict_logits(texts)
+    (t,) = np.asarray(record["temperatures"]) / np.asarray(model_dir.read_settings(calibrated).calibration["temperatures"])
+    np.testing.assert_allclose(Classifier.from_pretrained(new).predict_logits(texts), shipped / t, rtol=1e-4, atol=1e-5)
+    assert json.loads((new / "eval_report.json").read_text())["reliability"]["before_calibration"]
+    assert (new / "reliability_diagram.png").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--test_file", "data/example_test.jsonl", "--do_predict"], "needs validation data"),
+    (["--validation_file", "SMALL"], f"at least {MIN_ROWS} labelled rows"),
+    (["--validation_file", "data/example_test.jsonl", "--output_dir", "SHIPPED"], "writes a new model directory"),
+])
+def test_recalibration_bad_input_writes_nothing(calibrated, tmp_path, extra, message):
+    from seqcls.train import main
+
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"text": f"好{i}", "label": "消极" if i % 2 else "中立"},
+                                        ensure_ascii=False) + "\n" for i in range(MIN_ROWS - 1)), encoding="utf-8")
+    extra = [str(ROOT / a) if a.startswith("data/") else {"SMALL": str(small), "SHIPPED": str(calibrated)}.get(a, a)
+             for a in extra]
+    shipped = {p.name: p.stat().st_mtime_ns for p in calibrated.iterdir()}
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match=message):
+        main(["--model_name_or_path", str(calibrated), "--output_dir", str(out), "--do_eval", "--calibration",
+              "temperature", "--use_cpu", "true", "--report_to", "none", *extra])
+    assert not out.exists() or not any(out.iterdir())
+    assert {p.name: p.stat().st_mtime_ns for p in calibrated.iterdir()} == shipped
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -157,3 +229,7 @@ def test_multi_label_fits_one_temperature_per_label_before_thresholds(tiny_model
     assert settings.thresholds is not None
     metrics = json.loads((out / "eval_results.json").read_text())
     assert metrics["eval_nll"] == pytest.approx(settings.calibration["after"]["nll"], abs=1e-5)
+    record = json.loads((out / "eval_report.json").read_text())["reliability"]
+    assert record["over"].startswith("every (row, label) pair")  # all label-row pairs, said so
+    assert sum(b["count"] for b in record["model"]) == metrics["eval_samples"] * settings.label_space.num_labels
+    assert ece_of(record["before_calibration"]) == pytest.approx(metrics["eval_ece_before_calibration"], abs=1e-5)

@@ -163,11 +163,16 @@ def test_confusion_matrix_per_label_for_multi_label(tmp_path):
     assert_png(tmp_path / "cm.png")
 
 
-def test_label_ids_stand_in_when_no_font_has_the_glyphs(tmp_path):
-    space = LabelSpace(SINGLE, tuple(LABELS))
+def test_label_ids_stand_in_only_for_names_no_font_can_draw(tmp_path):
+    """Per label: an ASCII name is always drawn as itself, even beside a name no installed font has glyphs for."""
+    names = ("positive", LABELS[0], "neutral")
+    cjk_drawable = report.font_for(LABELS[0]) is not None
+    ticks = report.TickLabels.for_names(names)
+    assert ticks.texts == ["positive", LABELS[0] if cjk_drawable else "1", "neutral"]
+    assert report.labels_shown_by_id(names) == ([] if cjk_drawable else [1])
+    space = LabelSpace(SINGLE, names)
     rep = classification_report(space, np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 2, 1]))
-    by_id = report.plot_confusion_matrix(rep, tmp_path / "cm.png", "cjk")
-    assert by_id == (report.font_for("".join(LABELS)) is None)
+    assert report.plot_confusion_matrix(rep, tmp_path / "cm.png", "mixed") == (not cjk_drawable)
     assert_png(tmp_path / "cm.png")
 
 
@@ -175,3 +180,19 @@ def test_tokens_are_redacted_from_the_command_line():
     argv = ["run_classification.py", "--token", "abc", "--hub_token=def", "--pad_token", "<|endoftext|>"]
     assert report.redact_argv(argv) == ["run_classification.py", "--token", "<redacted>", "--hub_token=<redacted>",
                                         "--pad_token", "<|endoftext|>"]
+
+
+def test_resolved_config_is_what_the_parser_recorded(tmp_path):
+    """The card's resolved config comes from the parser's record (file keys, command-line keys in any spelling it
+    accepts), not from parsing argv again; tokens are left out."""
+    from seqcls.arguments import parse_args, to_loggable_dict
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: m\ntrain_file: t.jsonl\nlearning_rate: 1e-3\n", encoding="utf-8")
+    parsed = parse_args([str(config), "--output_dir", "o", "--seed=5", "--max-seq-length", "32", "--token", SECRET])
+    given = parsed[-1].given_options
+    assert given.config_file == str(config)
+    file, resolved = report.resolved_config(given, to_loggable_dict(*parsed))
+    assert file == str(config)
+    assert resolved == {"model_name_or_path": "m", "max_seq_length": 32, "train_file": "t.jsonl",
+                        "output_dir": "o", "learning_rate": 1e-3, "seed": 5}  # no token

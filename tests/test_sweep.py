@@ -217,3 +217,19 @@ def test_summary_statistics_and_parameters_from_run_args(tmp_path):
     assert "| 2e-05-3 | 2e-05 | 3 |  | not finished |" in md
     rows = list(csv.DictReader((tmp_path / "sweep_results.csv").open()))
     assert len(rows) == 5 and (tmp_path / "sweep_learning_rate.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_metric_direction_comes_from_the_metrics_module(tmp_path):
+    """Lower is better for calibration errors and losses, higher for F1, as seqcls.metrics says (no name guessing)."""
+    from seqcls.sweep import choose_metric
+
+    for seed, ece in ((1, 0.2), (2, 0.1)):
+        _fake_run(tmp_path, f"s{seed}", {"seed": str(seed)}, {"seed": seed}, {"eval_ece": ece, "eval_macro_f1": ece})
+    summary = summarize(tmp_path, "eval_ece")
+    assert summary["greater_is_better"] is False
+    assert summary["markdown"].index("| s2 |") < summary["markdown"].index("| s1 |")  # lower ECE first
+    runs = summary["runs"]
+    assert choose_metric(runs, "test_nll_before_calibration") == ("test_nll_before_calibration", False)
+    assert choose_metric(runs, "eval_macro_f1") == ("eval_macro_f1", True)
+    assert choose_metric(runs) == ("eval_macro_f1", True)  # BEST_METRIC's, as the runs have it
+    assert choose_metric(runs, "eval_my_loss") == ("eval_my_loss", False)  # unknown: the Trainer's rule
