@@ -266,9 +266,9 @@ def test_formats_columns_and_ids(built, tmp_path, capsys, monkeypatch, cached_lo
 
 
 BAD_ROWS = [
-    (b'{"text": ""}', "the text is empty"),
+    (b'{"text": ""}', "the text ('text') is empty"),  # training's row rules (seqcls.data), word for word
     (b'{"txt": "x"}', "no column 'text'; columns there: txt"),
-    (b'{"text": 3}', "column 'text' holds 3, not text"),
+    (b'{"text": 3}', "column 'text' holds 3 (int), not text"),
     (b'not json', "invalid JSON"),
     (b'["text"]', "expected a JSON object"),
     (b'{"text": "caf\xe9"}', "byte 0xe9 at column 14 is not UTF-8"),
