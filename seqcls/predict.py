@@ -486,6 +486,8 @@ def _check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < least:
             raise UsageError(f"--{name} must be at least {least}, got {value}")
+    if args.input != "-":
+        _input_files(args.input)  # a missing input is an error before a model is loaded
     if args.output:
         out = Path(args.output)
         if args.input != "-" and Path(args.input).exists() and out.resolve() == Path(args.input).resolve():
@@ -571,6 +573,9 @@ def _run(args: argparse.Namespace, workers: Workers, fmt: str, chunk_rows: int) 
                          "or run one process")
     if fmt == "parquet" and not args.output:
         raise UsageError("Parquet output needs -o OUTPUT.parquet")
+    if fmt == "csv" and args.output_shards:
+        raise UsageError("--output_shards writes JSONL or Parquet shards; drop it for one CSV file, or name the "
+                         "output .jsonl / .parquet")
     if args.num_threads is not None:
         import torch
 

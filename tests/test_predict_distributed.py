@@ -75,12 +75,24 @@ def run_all(models: dict, d: Path, out: Path, names) -> dict:
     """Run each command with seqcls.predict.cli; its exit status and stderr by name."""
     from seqcls import predict
 
+    real, loaded = predict.Classifier.from_pretrained, {}
+
+    def load_once(model_dir, **kwargs):  # each model once per process, not once per command
+        key = (str(model_dir), tuple(sorted(kwargs.items())))
+        if key not in loaded:
+            loaded[key] = real(model_dir, **kwargs)
+        return loaded[key]
+
     results = {}
-    for name in names:
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            code = predict.cli(argv(models, d, out, name))
-        results[name] = {"code": code, "stderr": err.getvalue()}
+    predict.Classifier.from_pretrained = load_once
+    try:
+        for name in names:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = predict.cli(argv(models, d, out, name))
+            results[name] = {"code": code, "stderr": err.getvalue()}
+    finally:
+        predict.Classifier.from_pretrained = real
     return results
 
 
