@@ -13,6 +13,10 @@ on the right, the attention mask is left out: a token only attends to the tokens
 last real token cannot change it, and the model can use its fused causal attention path without building a
 padded mask. Inputs are read and processed in chunks, so memory stays bounded on any input size.
 
+Many processes (torchrun / accelerate launch / srun, one per device): `Workers` reads rank and world size from the
+environment; process r classifies chunks r, r + W, r + 2W, ... (`seqcls.corpus`), and the main process assembles
+the chunk files in order, so the output is the one a single process writes. One process is the same code, W = 1.
+
 Label maps, text joining and tokenization are the training code's (`seqcls.labels`, `seqcls.data`);
 logits become rows through `seqcls.outputs.decode`, as in training's `predict_results.jsonl`.
 """

@@ -75,7 +75,7 @@ def run_all(models: dict, d: Path, out: Path, names) -> dict:
     """Run each command with seqcls.predict.cli; its exit status and stderr by name."""
     from seqcls import predict
 
-    real, loaded = predict.Classifier.from_pretrained, {}
+    descriptor, real, loaded = predict.Classifier.__dict__["from_pretrained"], predict.Classifier.from_pretrained, {}
 
     def load_once(model_dir, **kwargs):  # each model once per process, not once per command
         key = (str(model_dir), tuple(sorted(kwargs.items())))
@@ -92,7 +92,7 @@ def run_all(models: dict, d: Path, out: Path, names) -> dict:
                 code = predict.cli(argv(models, d, out, name))
             results[name] = {"code": code, "stderr": err.getvalue()}
     finally:
-        predict.Classifier.from_pretrained = real
+        predict.Classifier.from_pretrained = descriptor
     return results
 
 
