@@ -609,7 +609,7 @@ def _run(args: argparse.Namespace, workers: Workers, fmt: str, chunk_rows: int) 
 
     progress = tqdm(total=_count_rows(args.input) if show else None, unit=" texts", file=sys.stderr,
                     dynamic_ncols=True, smoothing=0.05, disable=not show,
-                    mininterval=0.1 if sys.stderr.isatty() else 30)
+                    mininterval=0.1 if sys.stderr.isatty() else 30, ascii=not sys.stderr.isatty())
     counts = {"predicted": 0, "skipped": 0}
     started = time.perf_counter()
     try:
