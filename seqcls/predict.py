@@ -623,16 +623,22 @@ def _run(args: argparse.Namespace, workers: Workers, fmt: str, chunk_rows: int) 
             mine = lambda k: k % workers.size == workers.rank and (store is None or store.done(k) is None)  # noqa: E731
             chunks = corpus.chunks(chunk_rows, mine)
             while True:
-                item = next((c for c in chunks if c[0] % workers.size == workers.rank), None)
-                status: dict[str, Any] = {"more": item is not None, "error": None, "rows": 0}
+                try:
+                    item, error = next((c for c in chunks if c[0] % workers.size == workers.rank), None), None
+                except UsageError as e:  # an unreadable stretch of the input (CSV quoting): every rank stops
+                    item, error = None, str(e)
+                status: dict[str, Any] = {"more": item is not None, "error": error, "rows": 0}
                 if item is not None:
                     k, n, rows = item
                     status.update(rows=n, resumed=store is not None and store.done(k) is not None)
                     if status["resumed"]:
                         status.update(store.done(k))
                     else:
-                        status.update(_predict_chunk(clf, corpus, args, k, rows, store, stdout_skipped, progress,
-                                                     fmt))
+                        try:  # any usage error in a chunk (a bad row, an id Parquet cannot store) stops every rank
+                            status.update(_predict_chunk(clf, corpus, args, k, rows, store, stdout_skipped,
+                                                         progress, fmt))
+                        except UsageError as e:
+                            status["error"] = str(e)
                 statuses = workers.gather(status)
                 first_error = next((s["error"] for s in statuses if s["error"]), None)
                 if first_error:  # ranks of one round hold consecutive chunks: the lowest rank's is the first
