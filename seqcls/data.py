@@ -82,6 +82,68 @@ class Source:
 # Scanning files
 
 
+# The rules for one input row, shared by training (`scan_*`, `check_columns`) and prediction
+# (`seqcls.corpus`): each returns the problem in words (no location) or None; the caller adds the file and line,
+# and raises it (training; prediction with --on_error stop) or records it (prediction with --on_error skip).
+
+
+def not_utf8(raw: bytes, e: UnicodeDecodeError) -> str:
+    return f"byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; save the file as UTF-8"
+
+
+def parse_json_row(text: str) -> tuple[dict | None, str | None]:
+    """One JSON-lines row: (the object, None), or (None, what is wrong with the line)."""
+    try:
+        row = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON ({e.msg} at column {e.colno}); one JSON object per line"
+    except _DuplicateKey as e:
+        return None, f"key {e.args[0]!r} appears twice in one object (datasets would refuse the file); keep one of them"
+    if not isinstance(row, dict):
+        return None, f"expected a JSON object {{...}}, got {_kind(row)}"
+    if _SURROGATE_ESCAPE.search(text):
+        problem = lone_surrogate_problem(row)
+        if problem:
+            return None, problem
+    return row, None
+
+
+def column_problem(row: dict, cols: Columns, need_label: bool = False, available: Iterable[str] | None = None,
+                   id_column: str | None = None) -> str | None:
+    """Every column the model reads is there and holds text; the label (and id) column is there when needed."""
+    available = list(row) if available is None else list(available)
+    for name in cols.inputs:
+        if name not in row:
+            return (f"no column {name!r}; columns there: {', '.join(map(str, available))}. "
+                    "Set text_column_names / text_pair_column_name")
+        value = row[name]
+        if not isinstance(value, str):
+            return f"column {name!r} holds {_short(value)} ({_kind(value)}), not text; quote it as a string"
+    if need_label and cols.label not in row:
+        return f"no label column {cols.label!r}; columns there: {', '.join(map(str, available))}. Set label_column_name"
+    if id_column and id_column not in row:
+        return f"no id column {id_column!r}; columns there: {', '.join(map(str, available))}. Set --id_column"
+    return None
+
+
+def text_problem(row: dict, cols: Columns) -> str | None:
+    """A row needs some text: an empty one gives the model no token to read the label from."""
+    if not any(isinstance(row.get(c), str) and row[c].strip() for c in cols.text):
+        return f"the text ({', '.join(repr(c) for c in cols.text)}) is empty; fill it in or remove the row"
+    return None
+
+
+def ragged_problem(fields: int, header: int) -> str | None:
+    if fields != header:
+        return f"{fields} fields where the header has {header}; quote fields that contain the delimiter"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _open_text(path: Path):
     """Yield (line_number, line) of a UTF-8 file; a byte-order mark is accepted and a bad byte is an error."""
     with open(path, "rb") as f:
@@ -91,35 +153,17 @@ def _open_text(path: Path):
             try:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise UsageError(
-                    f"{path}:{number}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; "
-                    "save the file as UTF-8"
-                ) from None
+                raise UsageError(f"{path}:{number}: {not_utf8(raw, e)}") from None
 
 
 def _check_row(row: dict, cols: Columns, where: str, need_label: bool, available: Iterable[str]) -> None:
-    for name in cols.inputs:
-        if name not in row:
-            raise UsageError(
-                f"{where}: no column {name!r}; columns there: {', '.join(available)}. "
-                "Set text_column_names / text_pair_column_name"
-            )
-        value = row[name]
-        if not isinstance(value, str):
-            raise UsageError(
-                f"{where}: column {name!r} holds {value!r} ({_kind(value)}), not text; quote it as a string"
-            )
-    if need_label and cols.label not in row:
-        raise UsageError(
-            f"{where}: no label column {cols.label!r}; columns there: {', '.join(available)}. Set label_column_name"
-        )
+    if problem := column_problem(row, cols, need_label, available):
+        raise UsageError(f"{where}: {problem}")
 
 
 def _check_text(row: dict, cols: Columns, where: str) -> None:
-    """A row needs some text: an empty one gives the model no token to read the label from."""
-    if not any(isinstance(row.get(c), str) and row[c].strip() for c in cols.text):
-        names = ", ".join(repr(c) for c in cols.text)
-        raise UsageError(f"{where}: the text ({names}) is empty; fill it in or remove the row")
+    if problem := text_problem(row, cols):
+        raise UsageError(f"{where}: {problem}")
 
 
 def scan_jsonl(path: Path, cols: Columns, need_label: bool) -> list[int]:
@@ -134,17 +178,9 @@ def scan_jsonl(path: Path, cols: Columns, need_label: bool) -> list[int]:
         if not text.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            row = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); one JSON object per line") from None
-        except _DuplicateKey as e:
-            raise UsageError(f"{where}: key {e.args[0]!r} appears twice in one object (datasets would refuse the "
-                             "file); keep one of them") from None
-        if not isinstance(row, dict):
-            raise UsageError(f"{where}: expected a JSON object {{...}}, got {_kind(row)}")
-        if _SURROGATE_ESCAPE.search(text):
-            _refuse_lone_surrogates(row, where)
+        row, problem = parse_json_row(text)
+        if problem:
+            raise UsageError(f"{where}: {problem}")
         _check_row(row, cols, where, need_label, list(row))
         _check_text(row, cols, where)
         if cols.label in row:
@@ -178,21 +214,21 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _refuse_lone_surrogates(value: Any, where: str, key: str | None = None) -> None:
+def lone_surrogate_problem(value: Any, key: str | None = None) -> str | None:
+    """What is wrong with a value that holds half of a UTF-16 surrogate pair, or None."""
     if isinstance(value, dict):
-        for k, v in value.items():
-            _refuse_lone_surrogates(v, where, k if key is None else key)
-    elif isinstance(value, list):
-        for v in value:
-            _refuse_lone_surrogates(v, where, key)
-    elif isinstance(value, str):
+        return next(filter(None, (lone_surrogate_problem(v, k if key is None else key) for k, v in value.items())),
+                    None)
+    if isinstance(value, list):
+        return next(filter(None, (lone_surrogate_problem(v, key) for v in value)), None)
+    if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
             half = f"\\u{ord(value[e.start]):04x}"
-            raise UsageError(f"{where}: column {key!r} holds the escape {half}, half of a UTF-16 surrogate pair "
-                             "without its other half, which is not text; write the character itself or its full "
-                             "pair of escapes") from None
+            return (f"column {key!r} holds the escape {half}, half of a UTF-16 surrogate pair without its other "
+                    "half, which is not text; write the character itself or its full pair of escapes")
+    return None
 
 
 def _has_bom(path: Path) -> bool:
@@ -260,11 +296,8 @@ def scan_csv(path: Path, cols: Columns, need_label: bool) -> list[int]:
         number = reader.line_num
         if not row or all(not c.strip() for c in row):
             continue
-        if len(row) != len(header):
-            raise UsageError(
-                f"{path}:{number}: {len(row)} fields where the header has {len(header)}; quote fields that "
-                "contain the delimiter"
-            )
+        if problem := ragged_problem(len(row), len(header)):
+            raise UsageError(f"{path}:{number}: {problem}")
         record = dict(zip(header, row))
         _check_text(record, cols, f"{path}:{number}")
         if need_label and not record.get(cols.label, "").strip():

@@ -13,6 +13,10 @@ on the right, the attention mask is left out: a token only attends to the tokens
 last real token cannot change it, and the model can use its fused causal attention path without building a
 padded mask. Inputs are read and processed in chunks, so memory stays bounded on any input size.
 
+Many processes (torchrun / accelerate launch / srun, one per device): `Workers` reads rank and world size from the
+environment; process r classifies chunks r, r + W, r + 2W, ... (`seqcls.corpus`), and the main process assembles
+the chunk files in order, so the output is the one a single process writes. One process is the same code, W = 1.
+
 Label maps, text joining and tokenization are the training code's (`seqcls.labels`, `seqcls.data`);
 logits become rows through `seqcls.outputs.decode`, as in training's `predict_results.jsonl`.
 """
@@ -20,21 +24,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
-import itertools
-import json
 import logging
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .corpus import (INPUT_FORMATS, OUTPUT_FORMATS, BadRow, ChunkStore, Corpus, Row, _input_files, format_header,
+                     format_rows, format_skipped, open_corpus, output_format)
 from .data import Columns, encode_texts, join_texts
 from .errors import UsageError
 from .labels import LabelSpace
@@ -356,207 +361,56 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple["torch.
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Reading inputs: JSONL, CSV/TSV or plain text, streamed; a bad row is a BadRow naming its line
+# The processes of a job: one per device, started by torchrun, accelerate launch or srun
 
 
-@dataclass
-class Row:
-    index: int  # position among the input's rows (skipped rows count), the default output id
-    line: int  # the line where the row starts
-    values: dict[str, Any]
+class Workers:
+    """Rank and world size from the environment the launchers set (RANK, WORLD_SIZE, LOCAL_RANK); with several,
+    a gloo process group for the job's few small messages (which chunks are done, the first bad row), which works
+    the same on CPU and GPU nodes (NCCL would need CUDA tensors for them). One process: the same code, no group."""
+
+    def __init__(self) -> None:
+        self.size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.started = False
+        if self.size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                # a rank waits at most for another rank's chunk; the timeout only ends a job whose peer is gone
+                dist.init_process_group("gloo", timeout=timedelta(minutes=60))
+                self.started = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, obj: Any) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if self.size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def agree(self, error: str | None) -> None:
+        """Raise the first rank's error on every rank (the main process prints it: one line, exit 2 on all)."""
+        errors = [e for e in self.gather(error) if e]
+        if errors:
+            raise AgreedError(errors[0])
+
+    def close(self) -> None:
+        if self.started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
-@dataclass
-class BadRow:
-    index: int
-    line: int
-    reason: str
-
-
-INPUT_FORMATS = ("auto", "jsonl", "csv", "tsv", "text")
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
-                  ".txt": "text"}
-
-
-def input_format(name: str, fmt: str, first_line: bytes) -> str:
-    """The format asked for, else by suffix, else JSONL when the first line is a JSON object, else plain text."""
-    if fmt != "auto":
-        return fmt
-    suffix = Path(name).suffix.lower() if name != "-" else ""
-    if suffix in SUFFIX_FORMATS:
-        return SUFFIX_FORMATS[suffix]
-    return "jsonl" if first_line.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") else "text"
-
-
-def _not_utf8(raw: bytes, e: UnicodeDecodeError) -> str:
-    return f"byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; save the file as UTF-8"
-
-
-def _record(values: dict, index: int, line: int, cols: Columns, id_column: str | None) -> Row | BadRow:
-    """Check one record's columns: present, text, not all empty."""
-    for name in cols.inputs + ([id_column] if id_column else []):
-        if name not in values:
-            what = "id column" if name == id_column else "column"
-            return BadRow(index, line, f"no {what} {name!r}; columns there: {', '.join(map(str, values))}. "
-                                       "Set --text_column_names / --text_pair_column_name / --id_column")
-    for name in cols.inputs:
-        if not isinstance(values[name], str):
-            return BadRow(index, line, f"column {name!r} holds {json.dumps(values[name], ensure_ascii=False)[:60]}, "
-                                       "not text; quote it as a string")
-    if all(not values[name].strip() for name in cols.text):
-        return BadRow(index, line, "the text is empty; give every row some text or remove the row")
-    return Row(index, line, values)
-
-
-def read_jsonl(lines: Iterable[bytes], cols: Columns, id_column: str | None) -> Iterator[Row | BadRow]:
-    index = 0
-    for number, raw in enumerate(lines, start=1):
-        if number == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
-        if not raw.strip():
-            continue  # a blank line is not a row (as in training's files)
-        row_index, index = index, index + 1
-        try:
-            values = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield BadRow(row_index, number, _not_utf8(raw, e))
-            continue
-        except json.JSONDecodeError as e:
-            yield BadRow(row_index, number, f"invalid JSON ({e.msg} at column {e.colno}); one JSON object per line")
-            continue
-        if not isinstance(values, dict):
-            yield BadRow(row_index, number, f"expected a JSON object {{...}}, got {type(values).__name__}")
-            continue
-        yield _record(values, row_index, number, cols, id_column)
-
-
-def read_text(lines: Iterable[bytes], cols: Columns) -> Iterator[Row | BadRow]:
-    """One text per line; every line is a row, so an empty line is an error (it would shift every id after it)."""
-    column = cols.text[0]
-    for number, raw in enumerate(lines, start=1):
-        if number == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
-        raw = raw.rstrip(b"\r\n")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield BadRow(number - 1, number, _not_utf8(raw, e))
-            continue
-        if not text.strip():
-            yield BadRow(number - 1, number, "empty line; give one text per line or remove the line")
-            continue
-        yield Row(number - 1, number, {column: text})
-
-
-def read_csv(stream, name: str, cols: Columns, id_column: str | None, delimiter: str) -> Iterator[Row | BadRow]:
-    # surrogateescape keeps a non-UTF-8 byte as a marker in its field, so the row can be reported (or skipped)
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    reader = csv.reader(text, delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise UsageError(f"{name}: the file is empty; it needs a header line and rows") from None
-    except csv.Error as e:
-        raise UsageError(f"{name}:1: {e}") from None
-    for column in cols.inputs + ([id_column] if id_column else []):
-        if column not in header:
-            raise UsageError(f"{name}:1: no column {column!r}; columns there: {', '.join(header)}. "
-                             "Set --text_column_names / --text_pair_column_name / --id_column")
-    index, end = 0, reader.line_num
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise UsageError(f"{name}:{end + 1}: {e}; check the quoting") from None
-        start, end = end + 1, reader.line_num
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        row_index, index = index, index + 1
-        bad = next((f for f in fields if any("\udc80" <= c <= "\udcff" for c in f)), None)
-        if bad is not None:
-            byte = next(ord(c) - 0xDC00 for c in bad if "\udc80" <= c <= "\udcff")
-            yield BadRow(row_index, start, f"byte {byte:#04x} is not UTF-8; save the file as UTF-8")
-        elif len(fields) != len(header):
-            yield BadRow(row_index, start, f"{len(fields)} fields where the header has {len(header)}; "
-                                           "quote fields that contain the delimiter")
-        else:
-            yield _record(dict(zip(header, fields)), row_index, start, cols, id_column)
-
-
-def read_rows(stream, name: str, fmt: str, cols: Columns,
-              id_column: str | None) -> tuple[Columns, Iterator[Row | BadRow]]:
-    """The columns to read and the rows of a binary input stream, in order. Plain text has one column, `text`."""
-    first = stream.readline()
-    fmt = input_format(name, fmt, first)
-    if fmt == "jsonl" and first.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-        raise UsageError(f"{name}:1: a JSON array; give JSON lines (one object per line), e.g. jq -c '.[]'")
-    if fmt in ("csv", "tsv"):
-        stream = io.BufferedReader(_Prepend(first, stream))
-        return cols, read_csv(stream, name, cols, id_column, "\t" if fmt == "tsv" else ",")
-    lines = itertools.chain([first] if first else [], stream)
-    if fmt == "text":
-        if cols.pair:
-            raise UsageError(f"{name}: plain text has one text per line, but the model reads pairs "
-                             f"({cols.pair!r}); give JSONL or CSV with the columns")
-        if id_column:
-            raise UsageError(f"{name}: plain text has no columns, so no id column {id_column!r}; give JSONL or CSV")
-        if cols.prompt.extra_columns():
-            raise UsageError(f"{name}: plain text has no columns, but the model's prompt_template reads "
-                             f"{cols.prompt.extra_columns()}; give JSONL or CSV with those columns")
-        text_only = Columns(text=["text"], prompt=cols.prompt)
-        return text_only, read_text(lines, text_only)
-    return cols, read_jsonl(lines, cols, id_column)
-
-
-class _Prepend(io.RawIOBase):
-    """A raw stream that gives back an already-read first line, then the rest."""
-
-    def __init__(self, head: bytes, rest):
-        self.head, self.rest = head, rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.head:
-            n = min(len(buffer), len(self.head))
-            buffer[:n], self.head = self.head[:n], self.head[n:]
-            return n
-        data = self.rest.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Writing: JSONL (as training's predict_results.jsonl) or CSV
-
-
-class JsonlWriter:
-    def __init__(self, f, label_space: LabelSpace):
-        self.f = f
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-class CsvWriter:
-    """Columns id, label, score and one probability column per label (in label order); multi-label names are
-    joined with ';'."""
-
-    def __init__(self, f, label_space: LabelSpace):
-        self.names = list(label_space.names)
-        self.writer = csv.writer(f, lineterminator="\n")
-        self.writer.writerow(["id", "label", "score"] + [f"p_{n}" for n in self.names])
-
-    def write(self, row: dict[str, Any]) -> None:
-        label = ";".join(map(str, row["label"])) if isinstance(row["label"], list) else row["label"]
-        probs = row.get("probabilities", {})
-        self.writer.writerow([row["id"], label, row["score"]] + [probs.get(n, "") for n in self.names])
-
-
-WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter}
+class AgreedError(UsageError):
+    """A usage error every rank raises together; only the main process prints it."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -566,15 +420,24 @@ WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter}
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seqcls-predict",
-        description="Classify every row of a file with a trained model; one output row per input row, in order.",
-        epilog="Example: seqcls-predict runs/quickstart data/example_test.jsonl -o predictions.jsonl",
+        description="Classify every row of a file with a trained model; one output row per input row, in order. "
+                    "Under torchrun / accelerate launch / srun: one process per device, each classifying its "
+                    "share of the chunks; the output is the same as one process writes.",
+        epilog="Example: seqcls-predict runs/quickstart data/example_test.jsonl -o predictions.jsonl\n"
+               "         torchrun --nproc_per_node 8 -m seqcls.predict runs/x corpus/ -o pred.parquet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model_dir", help="A model directory from training (or any Hugging Face classifier, or a LoRA "
                                      "adapter directory).")
-    p.add_argument("input", help="JSONL, CSV/TSV or plain text (one text per line); - reads stdin.")
-    p.add_argument("-o", "--output", help="Output file (.jsonl or .csv); written whole or not at all. "
-                                          "Default: JSONL on stdout.")
-    p.add_argument("--output_format", choices=sorted(WRITERS), help="Default: from the output's suffix, else jsonl.")
+    p.add_argument("input", help="JSONL, CSV/TSV, plain text (one text per line) or Parquet; a directory or glob of "
+                                 "such files (read in sorted order, as one input); - reads stdin (one process).")
+    p.add_argument("-o", "--output", help="Output file (.jsonl, .csv or .parquet); written whole or not at all, "
+                                          "resumable (finished chunks wait in OUTPUT.parts/). Default: JSONL on "
+                                          "stdout (one process).")
+    p.add_argument("--output_format", choices=OUTPUT_FORMATS, help="Default: from the output's suffix, else jsonl.")
+    p.add_argument("--output_shards", action="store_true",
+                   help="Write OUTPUT as a directory of ordered shards (one per chunk) with manifest.json instead of "
+                        "one file: for outputs too large to assemble in one place.")
     p.add_argument("--input_format", choices=INPUT_FORMATS, default="auto",
                    help="Default: from the suffix; stdin or another suffix: JSONL if the first line is a JSON "
                         "object, else plain text.")
@@ -583,9 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text_pair_column_name", help="Second-text column for pair models. Default: the training's.")
     p.add_argument("--id_column", help="Column copied to the output as id. Default: the row's index (from 0).")
     p.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass (default 64).")
+    p.add_argument("--chunk_rows", type=int,
+                   help=f"Rows per chunk: the unit that is read, tokenized, length-sorted, written and resumed, and "
+                        f"shared out between processes (default {CHUNK_SIZE}, or ${CHUNK_ROWS_ENV}).")
     p.add_argument("--max_seq_length", type=int, help="Truncation in tokens. Default: the training's.")
     p.add_argument("--top_k", type=int, help="Keep the k most probable labels in probabilities. Default: all.")
-    p.add_argument("--device", help="cpu, cuda, cuda:N. Default: CUDA when available, else CPU.")
+    p.add_argument("--device", help="cpu, cuda, cuda:N. Default: CUDA when available (cuda:LOCAL_RANK under a "
+                                    "launcher), else CPU.")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                    help="Default auto: bfloat16 on a GPU that supports it, else float32.")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -602,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_skipped_share", type=float, default=MAX_SKIPPED_SHARE,
                    help="With --on_error skip: exit with status 1 when more than this share of the rows was skipped "
                         f"(default {MAX_SKIPPED_SHARE}), and always when every row was; the output is still written.")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="Progress line (texts/s, ETA) on the main process: auto shows it on a terminal; on also "
+                        "into a log file (a SLURM job's), every 30 s.")
     p.add_argument("--trust_remote_code", action="store_true", help="Run modelling code shipped with the model.")
     p.add_argument("--use_safetensors", type=lambda v: v.lower() not in ("false", "0", "no"), default=True,
                    help="Default true: weights only from safetensors, as training loads them; false also loads "
@@ -611,131 +481,251 @@ def build_parser() -> argparse.ArgumentParser:
 
 MAX_SKIPPED_SHARE = 0.1
 TOO_MANY_SKIPPED = 1  # exit status: the run finished, but its output lacks too many rows to be used as is
+CHUNK_ROWS_ENV = "SEQCLS_PREDICT_CHUNK_ROWS"
 
 
-def _stream_input(name: str):
-    if name == "-":
-        return contextlib.nullcontext(sys.stdin.buffer)
-    path = Path(name)
-    if not path.is_file():
-        raise UsageError(f"input {name} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
-    try:
-        return open(path, "rb")
-    except OSError as e:
-        raise UsageError(f"input {name} cannot be read ({e.strerror})") from None
+def _check_options(args: argparse.Namespace) -> None:
+    for name, least in (("batch_size", 1), ("top_k", 1), ("num_threads", 1), ("max_seq_length", 1),
+                        ("chunk_rows", 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise UsageError(f"--{name} must be at least {least}, got {value}")
+    if args.input != "-":
+        _input_files(args.input)  # a missing input is an error before a model is loaded
+    if args.output:
+        out = Path(args.output)
+        if args.input != "-" and Path(args.input).exists() and out.resolve() == Path(args.input).resolve():
+            raise UsageError(f"output {args.output} is the input file; write the predictions to another file")
+        if out.is_dir() and not args.output_shards:
+            raise UsageError(f"output {args.output} is a directory; give a file name, e.g. "
+                             f"{args.output}/predictions.jsonl (or --output_shards for a directory of shards)")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"output {args.output}: its directory {out.parent} cannot be created ({e.strerror}); "
+                             "give -o a writable place") from None
+        if not os.access(out.parent, os.W_OK):
+            raise UsageError(f"output {args.output}: its directory {out.parent} is not writable; give -o a "
+                             "writable place")
+    elif args.output_shards:
+        raise UsageError("--output_shards needs -o OUTPUT_DIR")
 
 
-def _count_rows(name: str) -> int | None:
-    """Lines in a regular file, for the progress bar's total (one fast pass over the bytes)."""
-    if name == "-":
-        return None
-    n, last = 0, b"\n"
-    with open(name, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")
+def _chunk_rows(args: argparse.Namespace) -> int:
+    if args.chunk_rows is not None:
+        return args.chunk_rows
+    value = os.environ.get(CHUNK_ROWS_ENV)
+    if value is None:
+        return CHUNK_SIZE
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"${CHUNK_ROWS_ENV}={value!r}: give a positive number of rows")
+    return int(value)
+
+
+def _load(args: argparse.Namespace, workers: Workers) -> tuple[Classifier, Corpus]:
+    """The model and the input's first file (its format and header checked), as the options say."""
+    device = args.device
+    if device is None and workers.size > 1:
+        import torch
+
+        device = f"cuda:{workers.local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    quiet_transformers()
+    clf = Classifier.from_pretrained(args.model_dir, device=device, dtype=args.dtype,
+                                     max_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
+                                     backend=args.backend, num_threads=args.num_threads,
+                                     use_safetensors=args.use_safetensors)
+    saved = clf.columns
+    cols = Columns.from_args(SimpleNamespace(
+        text_column_names=args.text_column_names or saved.text,
+        text_column_delimiter=args.text_column_delimiter if args.text_column_delimiter is not None else saved.delimiter,
+        text_pair_column_name=args.text_pair_column_name or saved.pair,
+        label_column_name="label", id_column=args.id_column,
+    ))
+    cols.prompt = saved.prompt  # the trained prompt template (its {column}s are read from the input)
+    return clf, open_corpus(args.input, args.input_format, cols, args.id_column)
+
+
+def _identity(args: argparse.Namespace, corpus: Corpus, fmt: str, chunk_rows: int) -> dict[str, Any]:
+    """What a finished chunk depends on: a rerun keeps the chunks only when all of it is the same. The number of
+    processes is not in it: a job may resume on another count."""
+    model = Path(args.model_dir)
+    model_files = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in model.glob("*") if p.is_file()) \
+        if model.is_dir() else str(model)
+    options = {k: getattr(args, k) for k in ("input_format", "text_column_names", "text_column_delimiter",
+                                             "text_pair_column_name", "id_column", "batch_size", "max_seq_length",
+                                             "top_k", "device", "dtype", "backend", "on_error", "trust_remote_code")}
+    return {"input": corpus.fingerprint(), "model": [str(model.resolve()), model_files], "format": fmt,
+            "chunk_rows": chunk_rows, "options": options}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Predict every row of args.input; returns counts and timing."""
-    if args.batch_size < 1:
-        raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UsageError(f"--top_k must be at least 1, got {args.top_k}")
+    """Predict every row of args.input (this process's share of the chunks); returns counts and timing."""
+    _check_options(args)
+    fmt = output_format(args.output, args.output_format)
+    chunk_rows = _chunk_rows(args)
+    workers = Workers()
+    try:
+        return _run(args, workers, fmt, chunk_rows)
+    finally:
+        workers.close()
+
+
+def _run(args: argparse.Namespace, workers: Workers, fmt: str, chunk_rows: int) -> dict[str, Any]:
+    if workers.size > 1 and (args.input == "-" or not args.output):
+        what = "stdin" if args.input == "-" else "stdout"
+        raise UsageError(f"{workers.size} processes cannot share {what}; give the input as a file and -o OUTPUT, "
+                         "or run one process")
+    if fmt == "parquet" and not args.output:
+        raise UsageError("Parquet output needs -o OUTPUT.parquet")
+    if fmt == "csv" and args.output_shards:
+        raise UsageError("--output_shards writes JSONL or Parquet shards; drop it for one CSV file, or name the "
+                         "output .jsonl / .parquet")
     if args.num_threads is not None:
-        if args.num_threads < 1:
-            raise UsageError(f"--num_threads must be at least 1, got {args.num_threads}")
         import torch
 
         torch.set_num_threads(args.num_threads)
-    output_format = args.output_format or ("csv" if args.output and args.output.lower().endswith(".csv") else "jsonl")
-    skipped_file = args.skipped_file or (f"{args.output}.skipped.jsonl" if args.output else "skipped.jsonl")
-    if args.output and args.input != "-" and Path(args.output).resolve() == Path(args.input).resolve():
-        raise UsageError(f"output {args.output} is the input file; write the predictions to another file")
-    if args.output and Path(args.output).is_dir():
-        raise UsageError(f"output {args.output} is a directory; give a file name, e.g. {args.output}/predictions.jsonl")
+    skipped_file = None
+    if args.on_error == "skip":
+        skipped_file = args.skipped_file or (f"{args.output.rstrip('/')}.skipped.jsonl" if args.output
+                                             else "skipped.jsonl")
 
-    with _stream_input(args.input) as stream:
-        quiet_transformers()
-        clf = Classifier.from_pretrained(args.model_dir, device=args.device, dtype=args.dtype,
-                                         max_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
-                                         backend=args.backend, num_threads=args.num_threads,
-                                         use_safetensors=args.use_safetensors)
-        saved = clf.columns
-        cols = Columns.from_args(SimpleNamespace(
-            text_column_names=args.text_column_names or saved.text,
-            text_column_delimiter=args.text_column_delimiter if args.text_column_delimiter is not None else saved.delimiter,
-            text_pair_column_name=args.text_pair_column_name or saved.pair,
-            label_column_name="label", id_column=args.id_column,
-        ))
-        cols.prompt = saved.prompt  # the trained prompt template (its {column}s are read from the input)
-        name = "<stdin>" if args.input == "-" else args.input
-        cols, rows = read_rows(stream, name, args.input_format, cols, args.id_column)
-        show = sys.stderr.isatty()
-        progress = _progress_bar(_count_rows(args.input) if show else None, show)
-        counts = {"predicted": 0, "skipped": 0}
-        started = time.perf_counter()
+    # Set up on every rank; the first rank's error (a bad model, a missing column) is everyone's.
+    clf = corpus = store = None
+    error = None
+    try:
+        clf, corpus = _load(args, workers)
+        if args.output:
+            store = ChunkStore(args.output, fmt, _identity(args, corpus, fmt, chunk_rows))
+            if workers.main:
+                store.prepare()
+    except UsageError as e:
+        if workers.size == 1:
+            raise
+        error = str(e)
+    workers.agree(error)
+
+    show = workers.main and (args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty()))
+    from tqdm import tqdm
+
+    progress = tqdm(total=_count_rows(args.input) if show else None, unit=" texts", file=sys.stderr,
+                    dynamic_ncols=True, smoothing=0.05, disable=not show,
+                    mininterval=0.1 if sys.stderr.isatty() else 30, ascii=not sys.stderr.isatty())
+    counts = {"predicted": 0, "skipped": 0}
+    started = time.perf_counter()
+    try:
         with contextlib.ExitStack() as stack:
-            out = stack.enter_context(atomic_open(args.output)) if args.output else sys.stdout
-            skipped = stack.enter_context(atomic_open(skipped_file)) if args.on_error == "skip" else None
-            writer = WRITERS[output_format](out, clf.label_space)
-            stack.callback(_finish, progress)
-            for chunk in _chunks(rows, CHUNK_SIZE):
-                good = []
-                for row in chunk:
-                    if isinstance(row, Row):
-                        good.append(row)
-                    elif skipped is None:
-                        raise UsageError(f"{name}:{row.line}: {row.reason} (or --on_error skip)")
+            stdout_skipped = None
+            if store is None:  # one process writing to stdout: rows go out as they are predicted
+                if skipped_file:
+                    stdout_skipped = stack.enter_context(atomic_open(skipped_file, "wb"))
+                if fmt == "csv":
+                    sys.stdout.write(format_header(clf.label_space).decode("utf-8"))
+            mine = lambda k: k % workers.size == workers.rank and (store is None or store.done(k) is None)  # noqa: E731
+            chunks = corpus.chunks(chunk_rows, mine)
+            while True:
+                try:
+                    item, error = next((c for c in chunks if c[0] % workers.size == workers.rank), None), None
+                except UsageError as e:  # an unreadable stretch of the input (CSV quoting): every rank stops
+                    item, error = None, str(e)
+                status: dict[str, Any] = {"more": item is not None, "error": error, "rows": 0}
+                if item is not None:
+                    k, n, rows = item
+                    status.update(rows=n, resumed=store is not None and store.done(k) is not None)
+                    if status["resumed"]:
+                        status.update(store.done(k))
                     else:
-                        skipped.write(json.dumps({"line": row.line, "index": row.index, "reason": row.reason},
-                                                 ensure_ascii=False) + "\n")
-                        counts["skipped"] += 1
-                        progress.update(1)
-                if not good:
-                    continue
-                batch = {c: [r.values[c] for r in good] for c in cols.inputs}
-                texts = join_texts(batch, cols.text, cols.delimiter)
-                pairs = batch.get(cols.pair) if cols.pair else None
-                extra = {c: batch[c] for c in cols.prompt.extra_columns()}
-                logits = clf.predict_logits(texts, pairs, batch_size=args.batch_size, on_batch=progress.update,
-                                            columns=extra)
-                for row, result in zip(good, decode(clf.label_space, logits, clf.thresholds, args.top_k)):
-                    writer.write({"id": row.values[args.id_column] if args.id_column else row.index, **result})
-                counts["predicted"] += len(good)
+                        try:  # any usage error in a chunk (a bad row, an id Parquet cannot store) stops every rank
+                            status.update(_predict_chunk(clf, corpus, args, k, rows, store, stdout_skipped,
+                                                         progress, fmt))
+                        except UsageError as e:
+                            status["error"] = str(e)
+                statuses = workers.gather(status)
+                first_error = next((s["error"] for s in statuses if s["error"]), None)
+                if first_error:  # ranks of one round hold consecutive chunks: the lowest rank's is the first
+                    if workers.size == 1:
+                        raise UsageError(first_error)
+                    raise AgreedError(first_error)
+                for i, s in enumerate(statuses):
+                    counts["predicted"] += s.get("predicted", 0)
+                    counts["skipped"] += s.get("skipped", 0)
+                    if i != workers.rank or s.get("resumed"):
+                        progress.update(s["rows"])
+                if not any(s["more"] for s in statuses):
+                    break
+            if store is not None and workers.main:
+                store.assemble(clf.label_space, skipped_file, args.output_shards)
+    except UsageError:
+        if store is not None and workers.main:
+            store.discard()  # a bad row or option: nothing half-written, no chunk kept (the rerun needs a fix)
+        raise
+    finally:
+        if corpus is not None:
+            corpus.close()
+        _finish(progress)
     counts["seconds"] = time.perf_counter() - started
-    counts["skipped_file"] = skipped_file if args.on_error == "skip" else None
+    counts["skipped_file"] = skipped_file
+    counts["main"] = workers.main
     return counts
 
 
-def _chunks(rows: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(rows)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+def _predict_chunk(clf: Classifier, corpus: Corpus, args, k: int, rows: list, store: ChunkStore | None,
+                   stdout_skipped, progress, fmt: str) -> dict[str, Any]:
+    """Predict one chunk and write it (a chunk file, or stdout); a bad row with --on_error stop is the error."""
+    good = [r for r in rows if isinstance(r, Row)]
+    bad = [r for r in rows if isinstance(r, BadRow)]
+    if bad and args.on_error == "stop":
+        return {"error": f"{bad[0].where}: {bad[0].reason} (or --on_error skip)"}
+    skipped = [{**({"file": r.file} if corpus.many else {}), "line": r.line, "index": r.index, "reason": r.reason}
+               for r in bad]
+    progress.update(len(bad))
+    results: list[dict[str, Any]] = []
+    if good:
+        cols = corpus.cols
+        batch = {c: [r.values[c] for r in good] for c in cols.inputs}
+        texts = join_texts(batch, cols.text, cols.delimiter)
+        pairs = batch.get(cols.pair) if cols.pair else None
+        extra = {c: batch[c] for c in cols.prompt.extra_columns()}
+        logits = clf.predict_logits(texts, pairs, batch_size=args.batch_size, on_batch=progress.update,
+                                    columns=extra)
+        for row, result in zip(good, decode(clf.label_space, logits, clf.thresholds, args.top_k)):
+            results.append({"id": row.values[args.id_column] if args.id_column else row.index, **result})
+    if store is not None:
+        return store.write(k, results, skipped if args.on_error == "skip" else None, clf.label_space)
+    sys.stdout.write(format_rows(results, fmt, clf.label_space).decode("utf-8"))
+    sys.stdout.flush()
+    if stdout_skipped is not None:
+        stdout_skipped.write(format_skipped(skipped))
+    return {"predicted": len(results), "skipped": len(skipped)}
+
+
+def _count_rows(name: str) -> int | None:
+    """Lines in the input's files (Parquet: rows from its metadata), for the progress bar's total and ETA."""
+    if name == "-":
+        return None
+    try:
+        files = _input_files(name)
+    except UsageError:
+        return None
+    n = 0
+    for path in files:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            n += pq.ParquetFile(path).metadata.num_rows
+            continue
+        last = b"\n"
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                n += block.count(b"\n")
+                last = block[-1:]
+        n += last != b"\n"
+    return n
 
 
 def _finish(progress) -> None:
     if getattr(progress, "total", None) is not None:
         progress.total = progress.n  # the total counted lines: a header or blank lines are not rows
     progress.close()
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int | None, show: bool):
-    """tqdm with texts/s on a terminal; nothing when stderr is piped or redirected."""
-    if not show:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=" texts", file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
 
 
 def quiet_transformers() -> None:
@@ -746,32 +736,55 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `kill`), raised like Ctrl-C so that every temporary file is removed."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Console entry point `seqcls-predict`: usage errors are one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
+    main = os.environ.get("RANK", "0") == "0"
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         counts = run(args)
     except UsageError as e:
         if os.environ.get("SEQCLS_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        if main or not isinstance(e, AgreedError):
+            print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: no output written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        parts = Path(f"{args.output.rstrip('/')}.parts") if args.output else None
+        kept = parts is not None and any(parts.glob("*.done.json"))
+        if parts is not None and not kept and main:
+            shutil.rmtree(parts, ignore_errors=True)
+        if main:
+            print("interrupted: " + (f"finished chunks kept in {parts}; rerun the same command to resume" if kept
+                                     else "no output written"), file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:  # `seqcls-predict ... | head`: the reader left; that is not an error
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    if counts["skipped"]:
-        print(f"skipped {counts['skipped']} row(s): see {counts['skipped_file']}", file=sys.stderr)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if counts["skipped"] or (counts["predicted"] == 0 and args.on_error == "skip"):
         total = counts["skipped"] + counts["predicted"]
-        if counts["predicted"] == 0 or counts["skipped"] > args.max_skipped_share * total:
-            print(f"error: {counts['skipped']} of {total} row(s) skipped ({counts['skipped'] / total:.0%}), more "
-                  f"than --max_skipped_share {args.max_skipped_share:g}: fix the rows in {counts['skipped_file']}, "
-                  "or raise --max_skipped_share", file=sys.stderr)
+        if counts["main"]:
+            print(f"skipped {counts['skipped']} row(s): see {counts['skipped_file']}", file=sys.stderr)
+        if total and (counts["predicted"] == 0 or counts["skipped"] > args.max_skipped_share * total):
+            if counts["main"]:
+                print(f"error: {counts['skipped']} of {total} row(s) skipped ({counts['skipped'] / total:.0%}), "
+                      f"more than --max_skipped_share {args.max_skipped_share:g}: fix the rows in "
+                      f"{counts['skipped_file']}, or raise --max_skipped_share", file=sys.stderr)
             return TOO_MANY_SKIPPED
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and counts["main"]:
         rate = counts["predicted"] / counts["seconds"] if counts["seconds"] else 0.0
         where = args.output or "stdout"
         print(f"{counts['predicted']} prediction(s) to {where} in {counts['seconds']:.1f} s ({rate:.0f} texts/s)",

@@ -499,6 +499,47 @@ def test_prediction_bad_input(name, tmp_path, tiny_model_dir, request, capfd):
     assert not list(d.glob(".pred.jsonl*")), "a temporary output file was left behind"
 
 
+PREDICT_OPTION_CASES = {
+    # name: (output, extra options, expected parts of the one error line); the input is a good one-row JSONL
+    "max_seq_length_zero": ("pred.jsonl", ["--max_seq_length", "0"], ["--max_seq_length must be at least 1, got 0"]),
+    "output_cannot_be_created": ("a_file/pred.jsonl", [], ["{d}/a_file", "cannot be created"]),
+    "unknown_output_suffix": ("pred.xlsx", [], ["unknown suffix '.xlsx'", "--output_format"]),
+    "chunk_rows_zero": ("pred.jsonl", ["--chunk_rows", "0"], ["--chunk_rows must be at least 1"]),
+    "parquet_to_stdout": ("", ["--output_format", "parquet"], ["Parquet output needs -o"]),
+}
+
+
+@needs_predict
+@pytest.mark.parametrize("name", list(PREDICT_OPTION_CASES))
+def test_prediction_bad_option(name, tmp_path, capfd, trained_model_dir):
+    """Issue 13: options and output paths that used to be tracebacks (or JSONL in an .xlsx) are one line."""
+    output, extra, expect = PREDICT_OPTION_CASES[name]
+    (tmp_path / "in.jsonl").write_text('{"text": "好吃"}\n', encoding="utf-8")
+    (tmp_path / "a_file").write_text("in the way of a directory", encoding="utf-8")
+    before = snapshot(tmp_path)
+    args = ["-m", "seqcls.predict", str(trained_model_dir), str(tmp_path / "in.jsonl"), *extra]
+    args += ["-o", str(tmp_path / output)] if output else []
+    assert_one_clean_error(run_entry_point(args, capfd), [e.replace("{d}", str(tmp_path)) for e in expect])
+    assert snapshot(tmp_path) == before  # nothing written, no temporary file or work directory left
+
+
+def test_prediction_parquet_input_is_read_as_parquet(tmp_path, capfd, trained_model_dir):
+    """Issue 20: a Parquet input (which training accepts) is read as Parquet, not reported as "not UTF-8"; a
+    Parquet file without the text column names the file and the columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["好吃", "太难吃了"]}), tmp_path / "in.parquet")
+    pq.write_table(pa.table({"sentence": ["好吃"]}), tmp_path / "other.parquet")
+    out = tmp_path / "pred.parquet"
+    proc = run_entry_point(["-m", "seqcls.predict", str(trained_model_dir), str(tmp_path / "in.parquet"),
+                            "-o", str(out)], capfd)
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_table(out).column("id").to_pylist() == [0, 1]
+    proc = run_entry_point(["-m", "seqcls.predict", str(trained_model_dir), str(tmp_path / "other.parquet")], capfd)
+    assert_one_clean_error(proc, [f"{tmp_path}/other.parquet: no column 'text'; columns there: sentence"])
+
+
 # --- Safety defaults ----------------------------------------------------------------------------------------------
 
 def test_safety_defaults():

@@ -266,9 +266,9 @@ def test_formats_columns_and_ids(built, tmp_path, capsys, monkeypatch, cached_lo
 
 
 BAD_ROWS = [
-    (b'{"text": ""}', "the text is empty"),
+    (b'{"text": ""}', "the text ('text') is empty"),  # training's row rules (seqcls.data), word for word
     (b'{"txt": "x"}', "no column 'text'; columns there: txt"),
-    (b'{"text": 3}', "column 'text' holds 3, not text"),
+    (b'{"text": 3}', "column 'text' holds 3 (int), not text"),
     (b'not json', "invalid JSON"),
     (b'["text"]', "expected a JSON object"),
     (b'{"text": "caf\xe9"}', "byte 0xe9 at column 14 is not UTF-8"),
@@ -332,6 +332,39 @@ def test_interrupted_run_leaves_no_output(built, tmp_path, monkeypatch, capsys, 
     assert predict.cli([str(built["single"]), str(path), "-o", str(out)]) == 2
     assert f"{path}:11: empty line" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_sigterm_keeps_finished_chunks_and_the_rerun_resumes(built, tmp_path, monkeypatch, capsys, cached_loads):
+    """SIGTERM (a scheduler's preemption) mid-job: exit 143, no temporary file, no partial output; the finished
+    chunks stay in OUTPUT.parts/ and the same command then predicts only the rest, ending with the same bytes."""
+    import os
+    import signal
+
+    from seqcls import corpus
+
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"text number {i}\n" for i in range(10)), encoding="utf-8")
+    args = [str(built["single"]), str(path), "--chunk_rows", "3"]
+    assert predict.cli([*args, "-o", str(tmp_path / "whole.jsonl")]) == 0
+    real_write, predicted = corpus.ChunkStore.write, []
+
+    def write_then_sigterm(self, k, *rest):
+        predicted.append(k)
+        counts = real_write(self, k, *rest)
+        if k == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return counts
+
+    monkeypatch.setattr(corpus.ChunkStore, "write", write_then_sigterm)
+    out = tmp_path / "out.jsonl"
+    assert predict.cli([*args, "-o", str(out)]) == 143
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert not out.exists() and not [p for p in tmp_path.rglob(".*") if p.name.endswith(".tmp")]
+    predicted.clear()
+    assert predict.cli([*args, "-o", str(out)]) == 0
+    assert predicted == [2, 3]  # chunks 0 and 1 were finished before the signal
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.jsonl", "whole.jsonl"]
 
 
 def test_large_inputs_are_processed_in_bounded_chunks(built, tmp_path, monkeypatch, cached_loads):
