@@ -1,7 +1,7 @@
 """Benchmark: torch Classifier vs ONNX fp32 vs ONNX int8 vs transformers pipeline, one run, rotated order.
 
-    python benchmarks/export.py --models runs/i18/minilm-goemotions runs/i18/small/clf \
-        --data ../shared/data/goemotions/test.jsonl ../shared/data/waimai_10k/test.jsonl --max_rows 400 --threads 1 2
+    python benchmarks/export.py --models runs/i18/minilm-goemotions1 runs/i18/small/clf \
+        --data runs/i18/goemotions1/test.jsonl ../shared/data/waimai_10k/test.jsonl --max_rows 300 --threads 1 2
 
 Exports each model dir (fp32 and int8) next to it once (MODEL-onnx, MODEL-onnx-int8), then, per model and data
 file, runs each arm in its own subprocess (its own peak RSS) per round, the order of the arms and of the thread
