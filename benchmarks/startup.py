@@ -1,6 +1,8 @@
 """Start-up time: `run_classification.py --help`, the same help built from seqcls.arguments alone (the floor without
 the training stack: TrainingArguments pulls in torch and, through transformers.trainer_utils, peft), `import
-seqcls.train`, and `import torch, transformers, datasets` as the reference.
+seqcls.train`, and `import torch, transformers, datasets` as the reference; then the floor's parts
+(`from transformers import TrainingArguments`, `import torch`, `import peft`), the other commands' --help, and
+the interpreter alone.
 
     python benchmarks/startup.py --repeats 3
 
@@ -23,6 +25,13 @@ ARMS = {
     "help from seqcls.arguments only": ["-c", "from seqcls.arguments import make_parser; make_parser().format_help()"],
     "import seqcls.train": ["-c", "import seqcls.train"],
     "import torch, transformers, datasets": ["-c", "import torch, transformers, datasets"],
+    "from transformers import TrainingArguments": ["-c", "from transformers import TrainingArguments"],
+    "import torch": ["-c", "import torch"],
+    "import peft": ["-c", "import peft"],
+    "seqcls-predict --help": ["-m", "seqcls.predict", "--help"],
+    "seqcls-export --help": ["-m", "seqcls.export", "--help"],
+    "seqcls-merge --help": ["-m", "seqcls.merge", "--help"],
+    "python -c pass": ["-c", "pass"],
 }
 
 

@@ -15,19 +15,25 @@ import logging
 import os
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .model_dir import ADAPTER_CONFIG, is_adapter_dir, load, save
-from .modeling import DTYPES
+
+if TYPE_CHECKING:  # torch is imported when a model is merged: --help and usage errors need no torch (1.9 CPU-s)
+    import torch
+
+DTYPE_NAMES = ("bfloat16", "float16", "float32")  # the keys of modeling.DTYPES, which imports torch
 
 logger = logging.getLogger("seqcls.merge")
 
 
 def base_dtype(base: str, token: str | None = None) -> torch.dtype:
     """The dtype the base checkpoint was published in (config `dtype`), float32 if it does not say."""
+    import torch
     from transformers import AutoConfig
+
+    from .modeling import DTYPES
 
     try:
         config = AutoConfig.from_pretrained(base, token=token)
@@ -44,6 +50,8 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "auto", bas
     """Merge `adapter_dir` into its base and write a plain model directory at `out_dir` (atomically), with the
     tokenizer and settings of the adapter's run (seqcls.model_dir)."""
     import json
+
+    from .modeling import DTYPES
 
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     if not is_adapter_dir(adapter_dir):
@@ -69,7 +77,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("adapter_dir", help="output_dir of a use_lora training run (adapter_config.json, ...)")
     parser.add_argument("out_dir", help="where to write the merged model (must not exist or be empty)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
                         help="dtype of the merged weights (default: the base checkpoint's own dtype)")
     parser.add_argument("--base_model_name_or_path", default=None,
                         help="the base model, if not where adapter_config.json says (e.g. after moving it)")

@@ -1,5 +1,6 @@
-"""ONNX export and the ONNX Runtime backend: same probabilities as the torch Classifier (tiny Qwen2 mask-free,
-MiniLM with its attention mask), int8 sanity, the CLI, and bad input. Each model is exported once per module."""
+"""ONNX export and the ONNX Runtime backend: same probabilities as the torch Classifier (tiny and small Qwen2
+mask-free, MiniLM with its attention mask), int8 sanity, the CLI, and bad input. Each model is exported once per
+module."""
 from __future__ import annotations
 
 import json
@@ -68,6 +69,18 @@ def test_fp32_onnx_matches_torch(dirs, name):
     assert isinstance(clf.backend, predict.OnnxBackend) and clf.model is None
     assert clf.mask_free == (name == "tiny")
     np.testing.assert_allclose(probabilities(dirs[f"{name}_onnx"]), probabilities(dirs[name]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_fp32_onnx_matches_torch_on_the_small_qwen2(tmp_path):
+    """The benchmarks' small random Qwen2 (hidden 256, 4 layers, 41.7M parameters): deeper and wider than the tiny
+    one, so rounding differences in the exported graph would grow; still within 1e-4."""
+    from seqcls import tiny
+
+    small = build_classifier(tiny.build(tmp_path / "base", size="small", seed=0), tmp_path / "small", SINGLE,
+                             ["中立", "消极", "积极"])
+    onnx_dir = export.export(small, tmp_path / "small-onnx")
+    np.testing.assert_allclose(probabilities(onnx_dir), probabilities(small), atol=1e-4, rtol=0)
 
 
 def test_int8_agrees_with_fp32(dirs):
