@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from .arguments import hf_token, parse_args, to_loggable_dict
 from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
 from .calibration import (calibration_metrics, calibration_record, check_fittable, fit_temperatures,
                           fold_temperatures)
+from .cli import run_cli
 from .checkpoints import (IDENTITY_FILE, LOCK_FILE, LOSS_TALLY, GracefulStop, Interrupted, RecordIdentity,
                           RestoreLossTally, finished_results, loss_tally, output_dir_lock, plan_run, set_aside_incomplete,
                           write_identity)
@@ -38,7 +38,7 @@ from .modeling import (apply_lora, check_head_unquantized, check_model_source, c
                        freeze_input_embeddings, init_head_from_label_words, load_model, load_tokenizer,
                        max_length_for, pooling_token,
                        prepare_precision, quantization_config, resolve_dtype, set_sides)
-from .outputs import classification_report, decode, write_json, write_jsonl
+from .outputs import classification_report, decode_logits, write_json, write_jsonl
 from .packing import LAST_TOKEN_KEY, PackedForward
 from .report import write_report
 from .thresholds import tune_thresholds
@@ -457,7 +457,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
             results.update(metrics)
         if trainer.is_world_process_zero():
             ids = raw["test"][cols.id] if cols.id and cols.id in raw["test"].column_names else range(len(test))
-            rows = ({"id": i, **row} for i, row in zip(ids, decode(label_space, logits, thresholds)))
+            rows = ({"id": i, **row} for i, row in zip(ids, decode_logits(label_space, logits, thresholds)))
             write_jsonl(out / "predict_results.jsonl", rows)
             if labels is not None:
                 write_json(out / "test_report.json", classification_report(label_space, logits, labels, thresholds))
@@ -517,21 +517,9 @@ def check_same_input(model_args, settings: ModelSettings, tokenizer) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Console entry point `seqcls-train`: usage errors are one line on stderr and exit status 2."""
-    try:
-        main(argv)
-    except UsageError as e:
-        if os.environ.get("SEQCLS_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except Interrupted as e:
-        print(f"{e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:  # Ctrl-C outside training (loading, tokenizing, evaluating): nothing half-written
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    """Console entry point `seqcls-train` (seqcls.cli: one line and exit 2 for a usage error, --debug for the
+    traceback; a run stopped by SIGINT/SIGTERM after saving a checkpoint exits 128 + the signal number)."""
+    return run_cli(main, argv, stops=(Interrupted,))
 
 
 if __name__ == "__main__":
