@@ -7,14 +7,21 @@ shows the traceback instead of the one line.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import UsageError
 
 DEBUG_FLAG = "--debug"
 DEBUG_HELP = "show the traceback of an error instead of its one line (or set SEQCLS_DEBUG=1)"
+
+
+def log_progress() -> None:
+    """The commands' progress lines on stderr: time, level, logger and message, INFO and above."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
 
 
 def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -27,7 +34,7 @@ def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
     return argv, given or bool(os.environ.get("SEQCLS_DEBUG"))
 
 
-def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
+def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None,
             stops: tuple[type[BaseException], ...] = ()) -> int:
     """Run `main(argv)` as a console entry point and return its exit status.
 
@@ -36,7 +43,8 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     """
     argv, debug = split_debug(sys.argv[1:] if argv is None else argv)
     try:
-        return main(argv) or 0
+        status = main(argv)
+        return status if isinstance(status, int) else 0  # None, or what main returns to a caller (train's results)
     except UsageError as e:
         if debug:
             raise

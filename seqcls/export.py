@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 import numpy as np
 
-from .cli import DEBUG_FLAG, DEBUG_HELP, run_cli
+from .cli import DEBUG_FLAG, DEBUG_HELP, log_progress, run_cli
 from .errors import UsageError
 
 logger = logging.getLogger("seqcls.export")
@@ -183,8 +183,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
+    log_progress()
     for noisy in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     print(export(args.run_dir, args.out_dir, format=args.format, quantize=args.quantize, opset=args.opset))

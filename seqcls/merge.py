@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import DEBUG_FLAG, DEBUG_HELP, run_cli
+from .cli import DEBUG_FLAG, DEBUG_HELP, log_progress, run_cli
 from .errors import UsageError
 from .model_dir import ADAPTER_CONFIG, is_adapter_dir, load, save
 from .modeling import DTYPES
@@ -82,8 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
+    log_progress()
     print(merge(args.adapter_dir, args.out_dir, args.dtype, args.base_model_name_or_path, args.overwrite,
                 args.token or os.environ.get("HF_TOKEN") or None))
     return 0

@@ -50,6 +50,7 @@ def test_interrupt_stop_and_status(capsys, monkeypatch):
     assert run_cli(failing(Stopped("stopped by SIGTERM: saved checkpoint-3")), [], stops=(Stopped,)) == 143
     assert capsys.readouterr().err == "stopped by SIGTERM: saved checkpoint-3\n"
     assert run_cli(lambda argv: None, []) == 0 and run_cli(lambda argv: 1, []) == 1
+    assert run_cli(lambda argv: {"eval_loss": 0.5}, []) == 0  # train.main returns its results to a caller
     with pytest.raises(ValueError):  # a bug is not a usage error: its traceback is shown
         run_cli(failing(ValueError("bug")), [])
 
