@@ -107,11 +107,15 @@ def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_qlora_on_cpu_is_a_clear_error(tiny_model_dir, tmp_path):
+def test_qlora_on_cpu_is_a_clear_error(tiny_model_dir, tmp_path, capfd, monkeypatch):
+    # in-process (the CLI's entry point): a subprocess would spend its time importing torch only to fail here
+    from seqcls.train import cli
+
+    monkeypatch.delenv("SEQCLS_DEBUG", raising=False)
     out = tmp_path / "run"
-    proc = run_cli(*train_args(tiny_model_dir, out, "--use_lora", "true", "--load_in_4bit", "true", test=None))
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "load_in_4bit (QLoRA) needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert cli(train_args(tiny_model_dir, out, "--use_lora", "true", "--load_in_4bit", "true", test=None)[1:]) == 2
+    stderr = capfd.readouterr().err
+    assert "load_in_4bit (QLoRA) needs a CUDA GPU" in stderr and "Traceback" not in stderr
     assert not out.exists()
 
 
