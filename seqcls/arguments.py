@@ -465,7 +465,8 @@ class ArgumentParser(transformers.HfArgumentParser):
         kwargs.setdefault("usage", USAGE)
         kwargs.setdefault("description", "Fine-tune a decoder LLM as a text classifier. A YAML/JSON config file "
                                          "(first argument) sets options; --option value after it overrides them.")
-        kwargs.setdefault("epilog", "README.md explains the options and their defaults.")
+        kwargs.setdefault("epilog", "README.md explains the options and their defaults. --debug shows the traceback of "
+                                    "an error instead of its one line (or set SEQCLS_DEBUG=1).")
         super().__init__(dataclass_types, **kwargs)
         self._group_by_section()
 

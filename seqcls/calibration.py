@@ -20,6 +20,7 @@ import logging
 from typing import Sequence
 
 import numpy as np
+from scipy.special import expit, softmax
 
 from .errors import UsageError
 from .labels import REGRESSION, SINGLE, LabelSpace
@@ -31,16 +32,6 @@ MIN_ROWS = 20  # fewer labelled rows cannot pin down a temperature
 METHODS = ("none", "temperature")
 _LOG_T_BOUNDS = (-5.0, 5.0)  # T in [0.0067, 148]: beyond that the probabilities are all but constant
 _EPS = 1e-12
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -105,9 +96,9 @@ def confidence_and_correct(label_space: LabelSpace, logits: np.ndarray, labels: 
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     if label_space.problem_type == SINGLE:
-        probs = _softmax(logits)
+        probs = softmax(logits, axis=-1)
         return probs.max(-1), (probs.argmax(-1) == labels).astype(np.float64)
-    return _sigmoid(logits).reshape(-1), (labels >= 0.5).astype(np.float64).reshape(-1)
+    return expit(logits).reshape(-1), (labels >= 0.5).astype(np.float64).reshape(-1)
 
 
 def calibration_metrics(label_space: LabelSpace, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -118,12 +109,12 @@ def calibration_metrics(label_space: LabelSpace, logits: np.ndarray, labels: np.
     labels = np.asarray(labels)
     confidence, correct = confidence_and_correct(label_space, logits, labels)
     if label_space.problem_type == SINGLE:
-        probs = _softmax(logits)
+        probs = softmax(logits, axis=-1)
         onehot = np.eye(logits.shape[-1])[labels.astype(np.int64)]
         brier = float(((probs - onehot) ** 2).sum(-1).mean())
         nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels.astype(np.int64)], _EPS, 1)).mean())
     else:
-        probs = _sigmoid(logits)
+        probs = expit(logits)
         truth = (labels >= 0.5).astype(np.float64)
         brier = float(((probs - truth) ** 2).mean())
         nll = float(-(truth * np.log(np.clip(probs, _EPS, 1)) + (1 - truth) * np.log(np.clip(1 - probs, _EPS, 1))).mean())

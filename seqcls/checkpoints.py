@@ -408,6 +408,13 @@ def plan_run(training_args, options: dict[str, Any]) -> RunPlan:
     return plan
 
 
+def start_training(output_dir: str | Path, identity: dict[str, Any]) -> None:
+    """Before the first step, on the process that saves: set aside the incomplete checkpoints a kill while saving
+    left (the resumed run may save that step again) and record whose checkpoints these are (finished: false until
+    `write_identity(..., finished=True)` after every other output)."""
+    set_aside_incomplete(output_dir)
+    write_identity(output_dir, identity)
+
 def finished_results(output_dir: str | Path) -> dict[str, Any]:
     """The results of a finished run (all_results.json), for a rerun that has nothing to do."""
     path = Path(output_dir) / "all_results.json"

@@ -27,10 +27,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cli import DEBUG_FLAG, DEBUG_HELP, run_cli
 from .errors import UsageError
 from .labels import MULTI, REGRESSION, SINGLE, LabelSpace, build_label_space
 from .metrics import BEST_METRIC, classification_metrics, sigmoid, softmax
-from .outputs import atomic_open, decode, write_json, write_jsonl
+from .outputs import atomic_open, decode_logits, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -213,8 +214,8 @@ def probabilities_matrix(label_space: LabelSpace, rows: Sequence[dict]) -> np.nd
 
 
 def as_logits(problem_type: str, probs: np.ndarray) -> np.ndarray:
-    """Logits whose softmax (single-label) or sigmoid (multi-label) are `probs`, so `decode` and the metrics, which
-    take logits, work on averaged or stored probabilities."""
+    """Logits whose softmax (single-label) or sigmoid (multi-label) are `probs`, so `decode_logits` and the metrics,
+    which take logits, work on averaged or stored probabilities."""
     p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
     if problem_type == SINGLE:
         return np.log(p)
@@ -436,7 +437,7 @@ def predict_ensemble(model_dirs: Sequence[str | Path], texts: Sequence[str], tex
             thresholds.append(clf.thresholds)
     mean = total / len(classifiers or model_dirs)
     cut = np.mean(thresholds, axis=0).tolist() if thresholds else None  # each fold's tuned thresholds, averaged
-    return decode(label_space, as_logits(label_space.problem_type, mean), cut, top_k)
+    return decode_logits(label_space, as_logits(label_space.problem_type, mean), cut, top_k)
 
 
 def _predict_cli(args: argparse.Namespace) -> int:
@@ -466,6 +467,7 @@ def _predict_cli(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seqcls.cv", description=__doc__.split("\n")[0])
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("split", help="Write the fold files (everything after -- is the training recipe).")
     p.add_argument("--cv_dir", required=True)
@@ -485,28 +487,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cli(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "split":
-            recipe = args.recipe[1:] if args.recipe[:1] == ["--"] else args.recipe
-            dirs = split(args.cv_dir, args.k, recipe, args.seed)
-            print(f"{len(dirs)} folds written under {Path(args.cv_dir) / DATA}")
-        elif args.command == "collect":
-            result = collect(args.cv_dir)
-            print(result["markdown"])
-            if result["issues"] is not None:
-                print(issues_markdown(result["issues"], len(result["oof"]), top=10))
-            if not result["complete"]:
-                print("not every fold finished: no out-of-fold predictions yet; re-run scripts/cv.sh", file=sys.stderr)
-                return 1
-        else:
-            return _predict_cli(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    if args.command == "split":
+        recipe = args.recipe[1:] if args.recipe[:1] == ["--"] else args.recipe
+        dirs = split(args.cv_dir, args.k, recipe, args.seed)
+        print(f"{len(dirs)} folds written under {Path(args.cv_dir) / DATA}")
+    elif args.command == "collect":
+        result = collect(args.cv_dir)
+        print(result["markdown"])
+        if result["issues"] is not None:
+            print(issues_markdown(result["issues"], len(result["oof"]), top=10))
+        if not result["complete"]:
+            print("not every fold finished: no out-of-fold predictions yet; re-run scripts/cv.sh", file=sys.stderr)
+            return 1
+    else:
+        return _predict_cli(args)
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`python -m seqcls.cv split|collect|predict` (seqcls.cli: one line and exit 2 for a usage error)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

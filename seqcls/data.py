@@ -499,6 +499,46 @@ def check_labels(ds, label_space: LabelSpace, label_column: str, source: Source)
         label_space.encode(value, source.where(i))
 
 
+
+def select_splits(raw, sources: dict, cols: Columns, data_args, training_args,
+                  label_space: LabelSpace | None = None):
+    """The splits this run uses, checked and cut, and their label space: (raw, label_space).
+
+    Each step's split must be there (train for do_train, validation for do_eval and tune_thresholds, test for
+    do_predict). The label space is `label_space` (a trained model's) or built from the whole train split, before
+    any cut, so max_train_samples never changes the labels; every validation and test label must be in it. Then
+    train is shuffled (shuffle_train_dataset) and each split cut to its max_*_samples.
+    """
+    import datasets
+
+    from .labels import build_label_space
+
+    if training_args.do_train and "train" not in raw:
+        raise UsageError("--do_train needs a train split: give --train_file")
+    if training_args.do_eval and "validation" not in raw:
+        raise UsageError("--do_eval needs validation data: give --validation_file or --validation_split_percentage")
+    if training_args.do_predict and "test" not in raw:
+        raise UsageError("--do_predict needs --test_file")
+    if label_space is None:
+        label_space = build_label_space(
+            raw["train"][cols.label], problem_type=data_args.problem_type, class_names=data_args.class_names,
+            do_regression=data_args.do_regression, where=sources["train"].name,
+        )
+    for split in ("validation", "test"):
+        if split in raw and cols.label in raw[split].column_names:
+            check_labels(raw[split], label_space, cols.label, sources[split])
+    if training_args.tune_thresholds and "validation" not in raw:
+        raise UsageError("tune_thresholds needs validation data: give --validation_file or "
+                         "--validation_split_percentage")
+    selected = datasets.DatasetDict(raw)
+    if "train" in selected and data_args.shuffle_train_dataset:
+        selected["train"] = selected["train"].shuffle(seed=data_args.shuffle_seed)
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
+                         ("test", data_args.max_predict_samples)):
+        if split in selected:
+            selected[split] = cut(selected[split], limit)
+    return selected, label_space
+
 # ----------------------------------------------------------------------------------------------------------
 # Tokenization (shared by training and prediction)
 

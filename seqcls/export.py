@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 import numpy as np
 
+from .cli import DEBUG_FLAG, DEBUG_HELP, log_progress, run_cli
 from .errors import UsageError
 
 logger = logging.getLogger("seqcls.export")
@@ -177,25 +177,22 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="export format (default onnx)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="int8: dynamic int8 quantization of the weights")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     return parser
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Console entry point `seqcls-export`: usage errors are one line on stderr and exit status 2."""
+def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
+    log_progress()
     for noisy in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        out = export(args.run_dir, args.out_dir, format=args.format, quantize=args.quantize, opset=args.opset)
-    except UsageError as e:
-        if os.environ.get("SEQCLS_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(out)
+    print(export(args.run_dir, args.out_dir, format=args.format, quantize=args.quantize, opset=args.opset))
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Console entry point `seqcls-export` (seqcls.cli: one line and exit 2 for a usage error)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

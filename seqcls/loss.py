@@ -118,13 +118,20 @@ def resolve_class_weights(spec: Sequence[str] | None, label_space: LabelSpace, t
                 f"class_weights has {len(weights)} value(s) but there are {n_labels} labels "
                 f"{list(label_space.names)}; give one weight per label in that order, or auto"
             )
-        return weights
-    targets = np.asarray(train_labels)
-    if label_space.problem_type == SINGLE:
-        counts = np.bincount(targets.astype(np.int64), minlength=n_labels).astype(np.float64)
-        weights = np.where(counts > 0, len(targets) / (n_labels * np.maximum(counts, 1)), 1.0)
+    elif label_space.problem_type == SINGLE:
+        from sklearn.utils.class_weight import compute_class_weight
+
+        targets = np.asarray(train_labels).astype(np.int64)
+        present = np.unique(targets)
+        weights = np.ones(n_labels)
+        # sklearn's "balanced" N / (C * n_c) counts only the classes it is given, which must all occur in train: a
+        # label train never shows keeps weight 1, and C stays the number of labels (a factor of exactly 1 otherwise)
+        weights[present] = compute_class_weight("balanced", classes=present, y=targets) * (len(present) / n_labels)
     else:
+        targets = np.asarray(train_labels)
         positives = (targets >= 0.5).sum(axis=0).astype(np.float64)
         negatives = len(targets) - positives
         weights = np.where((positives > 0) & (negatives > 0), negatives / np.maximum(positives, 1), 1.0)
-    return [float(w) for w in weights]
+    weights = [float(w) for w in weights]
+    logger.info("class weights (%s): %s", " ".join(spec), [round(w, 4) for w in weights])
+    return weights

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli import DEBUG_FLAG, DEBUG_HELP, log_progress, run_cli
 from .errors import UsageError
 from .model_dir import ADAPTER_CONFIG, is_adapter_dir, load, save
 
@@ -83,24 +84,21 @@ def make_parser() -> argparse.ArgumentParser:
                         help="the base model, if not where adapter_config.json says (e.g. after moving it)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     parser.add_argument("--token", default=None, help="Hub token for a gated base model (or set HF_TOKEN)")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     return parser
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Console entry point `seqcls-merge`: usage errors are one line on stderr and exit status 2."""
+def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
-    try:
-        out = merge(args.adapter_dir, args.out_dir, args.dtype, args.base_model_name_or_path, args.overwrite,
-                    args.token or os.environ.get("HF_TOKEN") or None)
-    except UsageError as e:
-        if os.environ.get("SEQCLS_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(out)
+    log_progress()
+    print(merge(args.adapter_dir, args.out_dir, args.dtype, args.base_model_name_or_path, args.overwrite,
+                args.token or os.environ.get("HF_TOKEN") or None))
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Console entry point `seqcls-merge` (seqcls.cli: one line and exit 2 for a usage error)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

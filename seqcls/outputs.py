@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+from scipy.special import expit, softmax
 
 from .labels import MULTI, REGRESSION, SINGLE, LabelSpace
-from .metrics import multi_label_predictions, sigmoid, softmax
+from .metrics import multi_label_predictions
 
 
 TMP_SUFFIX = ".tmp"
@@ -140,8 +141,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def decode(label_space: LabelSpace, logits: np.ndarray, thresholds: Sequence[float] | None = None,
-           top_k: int | None = None) -> list[dict[str, Any]]:
+def decode_logits(label_space: LabelSpace, logits: np.ndarray, thresholds: Sequence[float] | None = None,
+                  top_k: int | None = None) -> list[dict[str, Any]]:
     """Turn a batch of logits into one result per row: `label` (name, names or value), `score`, and the
     probability of every label (`probabilities`, highest first, cut to `top_k` if given)."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -152,19 +153,21 @@ def decode(label_space: LabelSpace, logits: np.ndarray, thresholds: Sequence[flo
             rows.append({"label": float(value), "score": float(value)})
         return rows
     if label_space.problem_type == SINGLE:
-        probs = softmax(logits)
+        probs = softmax(logits, axis=-1)
         for p in probs:
             best = int(p.argmax())
             rows.append({"label": label_space.value(names[best]), "score": float(p[best]),
                          "probabilities": _ranked(names, p, top_k)})
         return rows
-    probs = sigmoid(logits)
+    probs = expit(logits)
     chosen = multi_label_predictions(probs, thresholds)
     for p, c in zip(probs, chosen):
         picked = [label_space.value(names[i]) for i in np.flatnonzero(c)]
         score = float(min(p[i] for i in np.flatnonzero(c))) if picked else float(1 - p.max())
         rows.append({"label": picked, "score": score, "probabilities": _ranked(names, p, top_k)})
     return rows
+
+
 
 
 def _ranked(names: Sequence[str], probs: np.ndarray, top_k: int | None) -> dict[str, float]:
@@ -194,7 +197,7 @@ def classification_report(label_space: LabelSpace, logits: np.ndarray, labels: n
         matrix = confusion_matrix(labels, preds, labels=list(range(len(names))))
         return {"problem_type": SINGLE, "labels": names, "per_class": report,
                 "confusion_matrix": matrix.tolist()}
-    preds = multi_label_predictions(sigmoid(logits), thresholds)
+    preds = multi_label_predictions(expit(logits), thresholds)
     truth = (labels >= 0.5).astype(np.int64)
     report = sk_report(truth, preds, target_names=names, output_dict=True, zero_division=0)
     matrices = multilabel_confusion_matrix(truth, preds)

@@ -40,10 +40,11 @@ import numpy as np
 
 from .corpus import (INPUT_FORMATS, OUTPUT_FORMATS, BadRow, ChunkStore, Corpus, Row, _input_files, format_header,
                      format_rows, format_skipped, open_corpus, output_format)
+from .cli import DEBUG_FLAG, DEBUG_HELP, Stopped, run_cli
 from .data import Columns, encode_texts, join_texts
 from .errors import UsageError
 from .labels import LabelSpace
-from .outputs import atomic_open, decode
+from .outputs import atomic_open, decode_logits
 
 if TYPE_CHECKING:  # torch and transformers are imported when a model is loaded: `--help` and input errors are instant
     import torch
@@ -193,7 +194,7 @@ class Classifier:
             texts = [texts]
             text_pairs = [text_pairs] if isinstance(text_pairs, str) else text_pairs
         logits = self.predict_logits(texts, text_pairs, batch_size=batch_size)
-        rows = decode(self.label_space, logits, self.thresholds, top_k)
+        rows = decode_logits(self.label_space, logits, self.thresholds, top_k)
         return rows[0] if single else rows
 
     def predict_logits(self, texts: Iterable[str], text_pairs: Iterable[str] | None = None, *,
@@ -476,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use_safetensors", type=lambda v: v.lower() not in ("false", "0", "no"), default=True,
                    help="Default true: weights only from safetensors, as training loads them; false also loads "
                         "pickle weights (pytorch_model.bin), which can run code: only for files you trust.")
+    p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     return p
 
 
@@ -687,7 +689,7 @@ def _predict_chunk(clf: Classifier, corpus: Corpus, args, k: int, rows: list, st
         extra = {c: batch[c] for c in cols.prompt.extra_columns()}
         logits = clf.predict_logits(texts, pairs, batch_size=args.batch_size, on_batch=progress.update,
                                     columns=extra)
-        for row, result in zip(good, decode(clf.label_space, logits, clf.thresholds, args.top_k)):
+        for row, result in zip(good, decode_logits(clf.label_space, logits, clf.thresholds, args.top_k)):
             results.append({"id": row.values[args.id_column] if args.id_column else row.index, **result})
     if store is not None:
         return store.write(k, results, skipped if args.on_error == "skip" else None, clf.label_space)
@@ -744,33 +746,26 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Console entry point `seqcls-predict`: usage errors are one line on stderr and exit status 2."""
+def main(argv: list[str]) -> int:
+    """seqcls-predict: predict, then the exit status (TOO_MANY_SKIPPED when too many rows were skipped)."""
     args = build_parser().parse_args(argv)
-    main = os.environ.get("RANK", "0") == "0"
+    is_main = os.environ.get("RANK", "0") == "0"
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
     try:
         counts = run(args)
-    except UsageError as e:
-        if os.environ.get("SEQCLS_DEBUG"):
+    except AgreedError as e:  # every rank raised it together: the main process says it
+        if is_main:
             raise
-        if main or not isinstance(e, AgreedError):
-            print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        raise Stopped("", e.exit_code) from None
     except KeyboardInterrupt as e:
         parts = Path(f"{args.output.rstrip('/')}.parts") if args.output else None
         kept = parts is not None and any(parts.glob("*.done.json"))
-        if parts is not None and not kept and main:
+        if parts is not None and not kept and is_main:
             shutil.rmtree(parts, ignore_errors=True)
-        if main:
-            print("interrupted: " + (f"finished chunks kept in {parts}; rerun the same command to resume" if kept
-                                     else "no output written"), file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
-    except BrokenPipeError:  # `seqcls-predict ... | head`: the reader left; that is not an error
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        message = "interrupted: " + (f"finished chunks kept in {parts}; rerun the same command to resume" if kept
+                                     else "no output written")
+        raise Stopped(message if is_main else "", 143 if isinstance(e, Terminated) else 130) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -790,6 +785,11 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"{counts['predicted']} prediction(s) to {where} in {counts['seconds']:.1f} s ({rate:.0f} texts/s)",
               file=sys.stderr)
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Console entry point `seqcls-predict` (seqcls.cli.run_cli: one-line usage errors, exit 2, --debug)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

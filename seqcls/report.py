@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cli import DEBUG_FLAG, DEBUG_HELP, run_cli
 from .errors import UsageError
 from .labels import MULTI, REGRESSION, SINGLE
 from .metrics import too_many_labels
@@ -845,11 +846,12 @@ def write_report(out: str | Path, argv: Sequence[str] | None = None, raw=None, s
     return problems + regenerate(out)
 
 
-def cli(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m seqcls.report",
         description="Regenerate the plots and the model card of a finished run, without retraining.")
     parser.add_argument("output_dir", nargs="+", help="Output directory of a finished training run.")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     status = 0
@@ -861,10 +863,15 @@ def cli(argv: list[str] | None = None) -> int:
             status = 2
             continue
         problems = regenerate(out)  # each problem is logged as a warning
-        written = [n for n in (CONFUSION_PNG, CURVES_PNG, CARD) if (out / n).is_file()]
+        written = [n for n in (CONFUSION_PNG, RELIABILITY_PNG, CURVES_PNG, CARD) if (out / n).is_file()]
         print(f"{out}: {', '.join(written)}")
         status = status or (1 if problems else 0)
     return status
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`python -m seqcls.report DIR...` (seqcls.cli: a usage error is one line, exit 2)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

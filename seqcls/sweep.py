@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cli import DEBUG_FLAG, DEBUG_HELP, run_cli
 from .errors import UsageError
 from .metrics import BEST_METRIC, greater_is_better
 from .outputs import atomic_open
@@ -278,22 +279,24 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> dict[str, Any
             "plots": [sweep_dir / png for _, png in plots]}
 
 
-def cli(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="summarize_sweep.py", description="Summarize a sweep directory written by scripts/sweep.sh.")
     parser.add_argument("sweep_dir")
     parser.add_argument("--metric", help="Results key to sort by (default: eval_ + the runs' metric_for_best_model).")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
-    try:
-        summary = summarize(args.sweep_dir, args.metric)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    summary = summarize(args.sweep_dir, args.metric)
     print(summary["markdown"])
     sweep_dir = Path(args.sweep_dir)
     written = ["sweep_results.csv", "sweep_results.md", *(p.name for p in summary["plots"])]
     print(f"written in {sweep_dir}: {', '.join(written)}")
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`scripts/summarize_sweep.py SWEEP_DIR` (seqcls.cli: a usage error is one line, exit 2)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

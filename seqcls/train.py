@@ -6,39 +6,39 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import hf_token, parse_args, to_loggable_dict
 from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
 from .calibration import (calibration_metrics, calibration_record, check_fittable, fit_temperatures,
                           fold_temperatures, reliability)
+from .cli import run_cli
 from .checkpoints import (IDENTITY_FILE, LOCK_FILE, LOSS_TALLY, GracefulStop, Interrupted, RecordIdentity,
                           RestoreLossTally, finished_results, give_weights_umask_mode, loss_tally, output_dir_lock,
-                          plan_run, set_aside_incomplete, write_identity)
-from .data import Columns, check_labels, cut, load_raw_datasets, tokenize
+                          plan_run, start_training, write_identity)
+from .data import Columns, load_raw_datasets, select_splits, tokenize
 from .embedding import RowSparseAdamW, clip_grad_norm, plan_embedding_update, replicate_across_processes
 from .errors import UsageError
-from .labels import MULTI, build_label_space
+from .labels import MULTI
+from .lora import apply_lora, check_head_unquantized, checkpointing_on, quantization_config
 from .loss import ClassificationLoss, resolve_class_weights
-from .metrics import (BEST_METRIC, build_compute_metrics, check_metric_for, classification_metrics, sigmoid,
-                      too_many_labels)
+from .metrics import BEST_METRIC, build_compute_metrics, check_metric_for, classification_metrics, too_many_labels
 from .model_dir import (ModelSettings, is_adapter_dir, local_dir, trained_settings, write_adapter_config,
                         write_settings)
 from .model_dir import load as load_trained
 from .model_dir import save as save_model_dir
-from .modeling import (apply_lora, check_head_unquantized, check_model_source, check_vocab_ids, checkpointing_on,
-                       freeze_input_embeddings, init_head_from_label_words, load_model, load_tokenizer,
-                       max_length_for, pooling_token,
-                       prepare_precision, quantization_config, resolve_dtype, set_sides)
-from .outputs import classification_report, decode, write_json, write_jsonl
+from .modeling import (check_model_source, check_vocab_ids, init_head_from_label_words, load_model, load_tokenizer,
+                       max_length_for, pooling_token, prepare_model, resolve_dtype, set_sides)
+from .outputs import classification_report, decode_logits, write_json, write_jsonl
 from .packing import LAST_TOKEN_KEY, PackedForward
 from .report import write_evaluation_plots, write_report
 from .thresholds import tune_thresholds
@@ -72,11 +72,11 @@ class ClassificationTrainer(Trainer):
     `train_data_collator`); evaluation always uses the ordinary padding collator.
     """
 
-    def __init__(self, *args, train_data_collator=None, max_tokens_per_batch: int | None = None,
-                 sparse_embedding=None, **kwargs):
+    def __init__(self, *args, plan_batches=None, sparse_embedding=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.train_data_collator = train_data_collator
-        self.max_tokens_per_batch = max_tokens_per_batch
+        # plan_batches(model) -> (training collator or None, token budget or None), called once the Trainer has put
+        # the model on its device (packing is checked on it): seqcls.batching.plan_training_batches
+        self.train_data_collator, self.max_tokens_per_batch = plan_batches(self.model) if plan_batches else (None, None)
         self.sparse_embedding = sparse_embedding  # embedding_update sparse: its weight (seqcls/embedding.py)
         if sparse_embedding is not None:  # under DDP: broadcast, and all-reduced whenever DDP reduces the rest
             replicate_across_processes(
@@ -230,59 +230,140 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         logger.warning("output_dir %s holds this run, finished (%s): nothing to do (--overwrite_output_dir true "
                        "trains it again)", training_args.output_dir, IDENTITY_FILE)
         return finished_results(training_args.output_dir)
-    resume = plan.resume
     check_model_source(model_args.model_name_or_path, model_args.use_safetensors)
     quantization = quantization_config(model_args, use_cpu=training_args.use_cpu)  # QLoRA: fail fast on a CPU
 
-    # --- Data -----------------------------------------------------------------------------------------
+    # --- Data and label space (from train; a trained model's own when evaluating or predicting with it) -----
     cols = Columns.from_args(data_args)
     with training_args.main_process_first(desc="loading data"):
         raw, sources = load_raw_datasets(
             data_args, cache_dir=model_args.cache_dir, token=token, seed=training_args.seed,
             want_validation=training_args.do_eval or (training_args.do_train and training_args.eval_strategy != "no"),
         )
-    if training_args.do_train and "train" not in raw:
-        raise UsageError("--do_train needs a train split: give --train_file")
-    if training_args.do_eval and "validation" not in raw:
-        raise UsageError("--do_eval needs validation data: give --validation_file or --validation_split_percentage")
-    if training_args.do_predict and "test" not in raw:
-        raise UsageError("--do_predict needs --test_file")
-
-    # --- Label space (from train; a trained model's own when evaluating or predicting with it) ----------------
     trained_dir = None if training_args.do_train else local_dir(model_args.model_name_or_path, token)
     settings = None if trained_dir is None else trained_settings(trained_dir, model_args.trust_remote_code,
                                                                  key="model_name_or_path")
-    if settings is None:
-        label_space = build_label_space(
-            raw["train"][cols.label], problem_type=data_args.problem_type, class_names=data_args.class_names,
-            do_regression=data_args.do_regression, where=sources["train"].name,
-        )
-    else:
-        label_space = settings.label_space
-    for split in ("validation", "test"):
-        if split in raw and cols.label in raw[split].column_names:
-            check_labels(raw[split], label_space, cols.label, sources[split])
+    raw, label_space = select_splits(raw, sources, cols, data_args, training_args,
+                                     label_space=settings.label_space if settings is not None else None)
+    check_label_options(label_space, data_args, training_args, sources, has_validation="validation" in raw)
+
+    # --- Tokenizer and model ------------------------------------------------------------------------------
+    dtype = torch.bfloat16 if quantization is not None else resolve_dtype(model_args.torch_dtype, training_args.bf16,
+                                                                           training_args.fp16)  # QLoRA: bf16 compute
+    model, tokenizer, max_length, marker, cols = load_tokenizer_and_model(
+        model_args, data_args, training_args, label_space, settings, trained_dir, cols, dtype, quantization, token)
+    prepare_model(model, training_args, dtype)
+    if model_args.use_lora and training_args.do_train:
+        model = apply_lora(model, model_args, checkpointing_on(training_args))
+    sparse_embedding = plan_embedding_update(model, training_args) if training_args.do_train else None
+
+    # --- Tokenize (once: the main process first, the others read its cache) ----------------------------
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenized = tokenize(raw, tokenizer, label_space, cols, max_length, data_args.pad_to_max_length,
+                             data_args.preprocessing_num_workers, data_args.overwrite_cache)
+    if training_args.calibration == "temperature":  # refused before anything is trained or written
+        check_calibration_data(tokenized, label_space, sources, training_args, trained_dir)
+
+    # --- Loss (class weights from train) and the thresholds a trained model was saved with ----------------
+    weights = training_args.class_weights if training_args.do_train else None  # evaluation: the plain loss
+    loss = ClassificationLoss(label_space.problem_type, resolve_class_weights(
+        weights, label_space, tokenized["train"]["labels"] if weights is not None else None),
+        training_args.focal_gamma, training_args.label_smoothing_factor)
+    trained_thresholds = (settings.thresholds or None) if settings is not None else None
+    thresholds = trained_thresholds  # this run's: tuned below (tune_thresholds), else the trained model's
+
+    # --- Trainer --------------------------------------------------------------------------------------
+    if not training_args.metric_for_best_model_given:
+        training_args.metric_for_best_model, training_args.greater_is_better = BEST_METRIC[label_space.problem_type]
+    mixed = training_args.bf16 or training_args.fp16
+    stopper = GracefulStop()  # SIGINT/SIGTERM: save a checkpoint at the end of the step, then stop
+    eval_dataset = tokenized.get("validation")
+    if eval_dataset is not None and training_args.sort_eval_by_length:
+        eval_dataset = sorted_by_length(eval_dataset)[0]  # metrics do not depend on the order; padding does
+    trainer = ClassificationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized.get("train") if training_args.do_train else None,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if mixed else None),
+        compute_metrics=build_compute_metrics(label_space, data_args.metric_name, thresholds=lambda: trained_thresholds),
+        compute_loss_func=loss,
+        callbacks=[stopper, RecordIdentity(plan.identity)],
+        plan_batches=functools.partial(plan_training_batches, tokenizer=tokenizer, train_ds=tokenized["train"],
+                                       model_args=model_args, data_args=data_args, training_args=training_args)
+        if training_args.do_train else None,
+        sparse_embedding=sparse_embedding,
+    )
+    out = Path(training_args.output_dir)
+    results: dict[str, Any] = {}
+    calibration = settings.calibration if settings is not None else None
+    fitted = None  # the temperatures fitted in this run: eval/test also report the figures before them
+
+    # --- Train, then calibrate and tune thresholds on validation (in that order), then save the settings -----
+    if training_args.do_train:
+        if trainer.is_world_process_zero():
+            start_training(out, plan.identity)
+        results.update(train_and_save(trainer, tokenized["train"], plan.resume, stopper))
+        if training_args.calibration == "temperature":  # before thresholds: they are tuned on calibrated probabilities
+            calibration, fitted = calibrate(trainer, tokenized["validation"], label_space, validation_name(sources))
+            trainer.save_model()  # again: the saved weights (a LoRA run: the adapter's head copy) carry the fold
+        if training_args.tune_thresholds:
+            thresholds = tune(trainer, tokenized["validation"], label_space, data_args.metric_name)
+        if training_args.should_save:  # beside the model, wherever the Trainer saved it
+            if model_args.use_lora:
+                write_adapter_config(trainer.model, out)
+            write_settings(out, ModelSettings(
+                label_space=label_space, text_column_names=tuple(cols.text), text_column_delimiter=cols.delimiter,
+                text_pair_column_name=cols.pair, max_seq_length=max_length, truncation_side=tokenizer.truncation_side,
+                padding_side=tokenizer.padding_side, pooling_token=marker, thresholds=thresholds,
+                calibration=calibration, prompt_template=cols.prompt.template,
+                use_chat_template=cols.prompt.use_chat_template, system_prompt=cols.prompt.system_prompt))
+            write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
+
+    # --- Recalibrate a trained model on new labelled data: a new model directory with the fold --------------
+    if training_args.calibration == "temperature" and not training_args.do_train:
+        calibration, fitted = calibrate(trainer, tokenized["validation"], label_space, validation_name(sources),
+                                        previous=calibration)
+        if training_args.should_save:
+            merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+            save_model_dir(out, merged, tokenizer, dataclasses.replace(settings, calibration=calibration),
+                           overwrite=training_args.overwrite_output_dir, carry=(LOCK_FILE, IDENTITY_FILE))
+            trainer.model = merged
+
+    # --- Evaluate and predict -------------------------------------------------------------------------
+    if training_args.do_eval:
+        results.update(evaluate(trainer, tokenized["validation"], label_space, thresholds, fitted))
+    if training_args.do_predict:
+        results.update(predict(trainer, tokenized["test"], raw["test"], label_space, cols, thresholds, fitted))
+
+    # --- Report: plots and model card (a plot that fails only warns) ----------------------------------
+    if training_args.do_train and trainer.is_world_process_zero():
+        write_report(out, argv, raw, sources, training_args.world_size, training_args.given_options)
+    elif trainer.is_world_process_zero() and (training_args.do_eval or training_args.do_predict):
+        write_evaluation_plots(out)  # a trained model measured on labelled data: confusion matrix, reliability
+    if training_args.do_train and training_args.should_save:
+        give_weights_umask_mode(out)  # trainer.save_model's safetensors come with mode 0600
+        write_identity(out, plan.identity, finished=True)  # last: a run killed before this is not finished
+    return results
+
+
+def check_label_options(label_space, data_args, training_args, sources, has_validation: bool) -> None:
+    """The options that depend on the label space, checked before the model loads."""
     logger.info("label space: %s, %d label(s) %s", label_space.problem_type, label_space.num_labels,
                 list(label_space.names)[:20])
-    check_metric_for(label_space, data_args.metric_name)  # before the model loads
+    check_metric_for(label_space, data_args.metric_name)
     if training_args.tune_thresholds and label_space.problem_type != MULTI:
         raise UsageError(f"tune_thresholds applies to multi-label data; this is {label_space.problem_type}")
-    if training_args.tune_thresholds and "validation" not in raw:
-        raise UsageError("tune_thresholds needs validation data: give --validation_file or "
-                         "--validation_split_percentage")
     if training_args.calibration == "temperature":  # the cheap checks before the model loads; rows after tokenizing
-        check_fittable(label_space, "present" if "validation" in raw else "missing", validation_name(sources))
-    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
-                         ("test", data_args.max_predict_samples)):
-        if split in raw:
-            if split == "train" and data_args.shuffle_train_dataset:
-                raw["train"] = raw["train"].shuffle(seed=data_args.shuffle_seed)
-            raw[split] = cut(raw[split], limit)
+        check_fittable(label_space, "present" if has_validation else "missing", validation_name(sources))
 
-    # --- Tokenizer and model --------------------------------------------------------------------------
-    dtype = resolve_dtype(model_args.torch_dtype, training_args.bf16, training_args.fp16)
-    if quantization is not None:  # QLoRA: 4-bit base weights, everything else in the bf16 compute dtype
-        dtype = torch.bfloat16
+
+def load_tokenizer_and_model(model_args, data_args, training_args, label_space, settings, trained_dir, cols, dtype,
+                             quantization, token):
+    """A new model (head sized for the label space) with its tokenizer, or a trained model directory exactly as
+    trained (seqcls.model_dir; its prompt replaces the options'). Returns (model, tokenizer, max_length, pooling
+    marker, columns), checked: the vocabulary covers the tokenizer, the chat template exists, a QLoRA head is plain."""
     if settings is None:
         if is_adapter_dir(model_args.model_name_or_path):
             raise UsageError(f"{model_args.model_name_or_path} is a LoRA adapter directory: merge it first "
@@ -294,7 +375,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
                            device_map={"": training_args.device} if quantization is not None else None)
         max_length = max_length_for(tokenizer, model, data_args.max_seq_length)
         tokenizer.model_max_length = max_length  # saved with the model: every consumer truncates where training did
-    else:  # the trained model with its tokenizer exactly as trained (seqcls.model_dir)
+    else:
         trained = load_trained(trained_dir, dtype=dtype, token=token,
                                attn_implementation=model_args.attn_implementation,
                                trust_remote_code=model_args.trust_remote_code,
@@ -307,7 +388,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
             raise UsageError("the model was trained with another prompt (seqcls.json prompt_template / "
                              "use_chat_template / system_prompt); drop these options, they are applied from the "
                              "model directory")
-        cols.prompt = settings.prompt
+        cols = dataclasses.replace(cols, prompt=settings.prompt)
     check_vocab_ids(model, tokenizer, marker)
     cols.prompt.resolve(tokenizer)  # a chat template the tokenizer does not have: refused before any work
     if model_args.head_init == "label_words":
@@ -317,165 +398,89 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
                                    local_dir(model_args.model_name_or_path, token))
     if quantization is not None:
         check_head_unquantized(model, dtype)
-    prepare_precision(model, training_args.fp16, dtype)
-    if training_args.freeze_embeddings:
-        frozen = freeze_input_embeddings(model)
-        logger.info("freeze_embeddings: %.1fM input embedding parameters are not trained", frozen / 1e6)
-    n_params = sum(p.numel() for p in model.parameters())
     logger.info("model %s: %.1fM parameters, dtype %s, attention %s, max length %d, padding side %s, truncation "
-                "side %s, pooling token %r", model.config.model_type, n_params / 1e6, dtype,
-                model_args.attn_implementation, max_length, tokenizer.padding_side, tokenizer.truncation_side, marker)
-    if model_args.use_lora and training_args.do_train:
-        model = apply_lora(model, model_args, checkpointing_on(training_args))
-    sparse_embedding = plan_embedding_update(model, training_args) if training_args.do_train else None
+                "side %s, pooling token %r", model.config.model_type, sum(p.numel() for p in model.parameters()) / 1e6,
+                dtype, model_args.attn_implementation, max_length, tokenizer.padding_side, tokenizer.truncation_side,
+                marker)
+    return model, tokenizer, max_length, marker, cols
 
-    # --- Tokenize (once: the main process first, the others read its cache) ----------------------------
-    with training_args.main_process_first(desc="tokenizing"):
-        tokenized = tokenize(raw, tokenizer, label_space, cols, max_length, data_args.pad_to_max_length,
-                             data_args.preprocessing_num_workers, data_args.overwrite_cache)
 
-    if training_args.calibration == "temperature":  # refused before anything is trained or written
-        if "validation" not in tokenized:
-            raise UsageError("calibration temperature needs validation data: give --validation_file or "
-                             "--validation_split_percentage (and --do_eval when recalibrating a trained model)")
-        check_fittable(label_space, tokenized["validation"]["labels"] if "labels" in tokenized["validation"].column_names
-                       else None, validation_name(sources))
-        if not training_args.do_train and Path(training_args.output_dir).resolve() == trained_dir.resolve():
-            raise UsageError("calibration of a trained model writes a new model directory: give an --output_dir "
-                             f"other than {trained_dir}")
+def check_calibration_data(tokenized, label_space, sources, training_args, trained_dir) -> None:
+    """calibration temperature: validation rows it can be fitted on, and (recalibrating) a new output_dir."""
+    if "validation" not in tokenized:
+        raise UsageError("calibration temperature needs validation data: give --validation_file or "
+                         "--validation_split_percentage (and --do_eval when recalibrating a trained model)")
+    validation = tokenized["validation"]
+    check_fittable(label_space, validation["labels"] if "labels" in validation.column_names else None,
+                   validation_name(sources))
+    if not training_args.do_train and Path(training_args.output_dir).resolve() == trained_dir.resolve():
+        raise UsageError("calibration of a trained model writes a new model directory: give an --output_dir "
+                         f"other than {trained_dir}")
 
-    # --- Loss and thresholds (class weights from train; thresholds saved with a trained model) ---------------
-    class_weights = None
-    if training_args.class_weights is not None and training_args.do_train:
-        class_weights = resolve_class_weights(training_args.class_weights, label_space, tokenized["train"]["labels"])
-        logger.info("class weights (%s): %s", " ".join(training_args.class_weights),
-                    [round(w, 4) for w in class_weights])
-    loss = ClassificationLoss(label_space.problem_type, class_weights, training_args.focal_gamma,
-                              training_args.label_smoothing_factor)
-    thresholds = list(settings.thresholds) if settings is not None and settings.thresholds else None
 
-    # --- Trainer --------------------------------------------------------------------------------------
-    if not training_args.metric_for_best_model_given:
-        name, greater = BEST_METRIC[label_space.problem_type]
-        training_args.metric_for_best_model = name
-        training_args.greater_is_better = greater
-    mixed = training_args.bf16 or training_args.fp16
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if mixed else None)
-    stopper = GracefulStop()  # SIGINT/SIGTERM: save a checkpoint at the end of the step, then stop
-    eval_dataset = tokenized.get("validation")
-    if eval_dataset is not None and training_args.sort_eval_by_length:
-        eval_dataset = sorted_by_length(eval_dataset)[0]  # metrics do not depend on the order; padding does
-    trainer = ClassificationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=tokenized.get("train") if training_args.do_train else None,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=build_compute_metrics(label_space, data_args.metric_name, thresholds=lambda: thresholds),
-        compute_loss_func=loss,
-        callbacks=[stopper, RecordIdentity(plan.identity)],
-        sparse_embedding=sparse_embedding,
-    )
-    if training_args.do_train:  # decided once the Trainer has put the model on its device (packing is checked there)
-        trainer.train_data_collator, trainer.max_tokens_per_batch = plan_training_batches(
-            trainer.model, tokenizer, tokenized["train"], model_args, data_args, training_args)
-    out = Path(training_args.output_dir)
+def train_and_save(trainer, train_dataset, resume: str | None, stopper: GracefulStop) -> dict[str, Any]:
+    """Train (from `resume`, a checkpoint), save the model, the train metrics and the Trainer's state."""
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    stopper.raise_if_stopped(trainer.args.output_dir)  # SIGINT/SIGTERM: a checkpoint is saved, nothing else
+    trainer.save_model()
+    metrics = dict(train_result.metrics)
+    metrics["train_samples"] = len(train_dataset)
+    metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    metrics["world_size"] = trainer.args.world_size
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return metrics
+
+
+def tune(trainer, validation, label_space, metric_name: str | None) -> tuple[float, ...]:
+    """Multi-label thresholds tuned on the validation rows; the Trainer's metrics use them from here on."""
+    logits, labels, _ = predict_in_order(trainer, validation, "tune")
+    thresholds = tuple(float(t) for t in tune_thresholds(expit(logits), labels))
+    logger.info("thresholds tuned on validation: %s", dict(zip(label_space.names, thresholds)))
+    warning = too_many_labels(classification_metrics(label_space, logits, labels, thresholds))
+    if warning:
+        logger.warning("tune_thresholds: %s", warning)
+    trainer.compute_metrics = build_compute_metrics(label_space, metric_name, thresholds=lambda: thresholds)
+    return thresholds
+
+
+def evaluate(trainer, validation, label_space, thresholds, fitted) -> dict[str, Any]:
+    """Metrics on the validation rows (with the calibration figures before this run's temperatures), and
+    eval_report.json."""
+    logits, labels, metrics = predict_in_order(trainer, validation, "eval", sort=trainer.args.sort_eval_by_length)
+    metrics["eval_samples"] = len(validation)
+    metrics.update(before_calibration("eval", label_space, logits, labels, fitted))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    if trainer.is_world_process_zero():
+        write_json(Path(trainer.args.output_dir) / "eval_report.json",
+                   classification_report(label_space, logits, labels, thresholds)
+                   | reliability(label_space, logits, labels, fitted))
+    return metrics
+
+
+def predict(trainer, test, raw_test, label_space, cols, thresholds, fitted) -> dict[str, Any]:
+    """predict_results.jsonl for the test rows; with labels, test metrics and test_report.json too."""
+    out = Path(trainer.args.output_dir)
+    logits, labels, metrics = predict_in_order(trainer, test, "test", sort=trainer.args.sort_eval_by_length)
     results: dict[str, Any] = {}
-    calibration = settings.calibration if settings is not None else None
-    fitted = None  # the temperatures fitted in this run: eval/test also report the figures before them
-
-    # --- Train ----------------------------------------------------------------------------------------
-    if training_args.do_train:
-        if trainer.is_world_process_zero():
-            set_aside_incomplete(out)  # a kill while saving leaves one; the resumed run may save that step again
-            write_identity(out, plan.identity)  # whose checkpoints these are; finished: false until the end
-        train_result = trainer.train(resume_from_checkpoint=resume)
-        stopper.raise_if_stopped(training_args.output_dir)  # SIGINT/SIGTERM: a checkpoint is saved, nothing else
-        trainer.save_model()
-        metrics = dict(train_result.metrics)
-        metrics["train_samples"] = len(tokenized["train"])
-        metrics["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        metrics["world_size"] = training_args.world_size
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        results.update(metrics)
-        if training_args.calibration == "temperature":  # before thresholds: they are tuned on calibrated probabilities
-            calibration, fitted = calibrate(trainer, tokenized["validation"], label_space, validation_name(sources))
-            trainer.save_model()  # again: the saved weights (a LoRA run: the adapter's head copy) carry the fold
-        if training_args.tune_thresholds:
-            tune_logits, tune_labels, _ = predict_in_order(trainer, tokenized["validation"], "tune")
-            thresholds = tune_thresholds(sigmoid(tune_logits), tune_labels)
-            logger.info("thresholds tuned on validation: %s", dict(zip(label_space.names, thresholds)))
-            warning = too_many_labels(classification_metrics(label_space, tune_logits, tune_labels, thresholds))
-            if warning:
-                logger.warning("tune_thresholds: %s", warning)
-        if training_args.should_save:  # beside the model, wherever the Trainer saved it
-            if model_args.use_lora:
-                write_adapter_config(trainer.model, out)
-            write_settings(out, ModelSettings(
-                label_space=label_space, text_column_names=tuple(cols.text), text_column_delimiter=cols.delimiter,
-                text_pair_column_name=cols.pair, max_seq_length=max_length, truncation_side=tokenizer.truncation_side,
-                padding_side=tokenizer.padding_side, pooling_token=marker,
-                thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
-                calibration=calibration,
-                prompt_template=cols.prompt.template, use_chat_template=cols.prompt.use_chat_template,
-                system_prompt=cols.prompt.system_prompt))
-            write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
-
-    # --- Recalibrate a trained model on new labelled data: a new model directory with the fold --------------
-    if training_args.calibration == "temperature" and not training_args.do_train:
-        calibration, fitted = calibrate(trainer, tokenized["validation"], label_space, validation_name(sources),
-                                        previous=calibration)
-        if training_args.should_save:
-            merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-            save_model_dir(out, merged, tokenizer, dataclasses.replace(settings, calibration=calibration),
-                           overwrite=training_args.overwrite_output_dir, carry=(LOCK_FILE, IDENTITY_FILE))
-            trainer.model = model = merged
-
-    # --- Evaluate -------------------------------------------------------------------------------------
-    if training_args.do_eval:
-        logits, labels, metrics = predict_in_order(trainer, tokenized["validation"], "eval",
-                                                   sort=training_args.sort_eval_by_length)
-        metrics["eval_samples"] = len(tokenized["validation"])
-        metrics.update(before_calibration("eval", label_space, logits, labels, fitted))
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        results.update(metrics)
-        if trainer.is_world_process_zero():
-            write_json(out / "eval_report.json", classification_report(label_space, logits, labels, thresholds)
+    if labels is not None and cols.label in raw_test.column_names:
+        metrics.update({f"test_{k}": v for k, v in
+                        classification_metrics(label_space, logits, labels, thresholds).items()})
+        metrics.update(before_calibration("test", label_space, logits, labels, fitted))
+        metrics["test_samples"] = len(test)
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        results = metrics
+    if trainer.is_world_process_zero():
+        ids = raw_test[cols.id] if cols.id and cols.id in raw_test.column_names else range(len(test))
+        rows = ({"id": i, **row} for i, row in zip(ids, decode_logits(label_space, logits, thresholds)))
+        write_jsonl(out / "predict_results.jsonl", rows)
+        if labels is not None:
+            write_json(out / "test_report.json", classification_report(label_space, logits, labels, thresholds)
                        | reliability(label_space, logits, labels, fitted))
-
-    # --- Predict --------------------------------------------------------------------------------------
-    if training_args.do_predict:
-        test = tokenized["test"]
-        logits, labels, metrics = predict_in_order(trainer, test, "test", sort=training_args.sort_eval_by_length)
-        if labels is not None and cols.label in raw["test"].column_names:
-            metrics.update({f"test_{k}": v for k, v in
-                            classification_metrics(label_space, logits, labels, thresholds).items()})
-            metrics.update(before_calibration("test", label_space, logits, labels, fitted))
-            metrics["test_samples"] = len(test)
-            trainer.log_metrics("test", metrics)
-            trainer.save_metrics("test", metrics)
-            results.update(metrics)
-        if trainer.is_world_process_zero():
-            ids = raw["test"][cols.id] if cols.id and cols.id in raw["test"].column_names else range(len(test))
-            rows = ({"id": i, **row} for i, row in zip(ids, decode(label_space, logits, thresholds)))
-            write_jsonl(out / "predict_results.jsonl", rows)
-            if labels is not None:
-                write_json(out / "test_report.json", classification_report(label_space, logits, labels, thresholds)
-                           | reliability(label_space, logits, labels, fitted))
-            logger.info("predictions: %s (%d rows)", out / "predict_results.jsonl", len(test))
-
-    # --- Report: plots and model card (a plot that fails only warns) ----------------------------------
-    if training_args.do_train and trainer.is_world_process_zero():
-        write_report(out, argv, raw, sources, training_args.world_size, training_args.given_options)
-    elif trainer.is_world_process_zero() and (training_args.do_eval or training_args.do_predict):
-        write_evaluation_plots(out)  # a trained model measured on labelled data: confusion matrix, reliability
-    if training_args.do_train and training_args.should_save:
-        give_weights_umask_mode(out)  # trainer.save_model's safetensors come with mode 0600
-        write_identity(out, plan.identity, finished=True)  # last: a run killed before this is not finished
+        logger.info("predictions: %s (%d rows)", out / "predict_results.jsonl", len(test))
     return results
 
 
@@ -525,21 +530,9 @@ def check_same_input(model_args, settings: ModelSettings, tokenizer) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Console entry point `seqcls-train`: usage errors are one line on stderr and exit status 2."""
-    try:
-        main(argv)
-    except UsageError as e:
-        if os.environ.get("SEQCLS_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except Interrupted as e:
-        print(f"{e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:  # Ctrl-C outside training (loading, tokenizing, evaluating): nothing half-written
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    """Console entry point `seqcls-train` (seqcls.cli: one line and exit 2 for a usage error, --debug for the
+    traceback; a run stopped by SIGINT/SIGTERM after saving a checkpoint exits 128 + the signal number)."""
+    return run_cli(main, argv, stops=(Interrupted,))
 
 
 if __name__ == "__main__":

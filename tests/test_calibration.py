@@ -207,13 +207,17 @@ def test_bad_input_is_refused_before_anything_is_written(tiny_model_dir, tmp_pat
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_cli_says_it_in_one_line(tiny_model_dir, tmp_path):
-    proc = run_cli("-m", "seqcls.train", "--model_name_or_path", str(tiny_model_dir), "--output_dir",
-                   str(tmp_path / "out"), "--do_train", "--train_file", str(ROOT / "data/example.jsonl"),
-                   "--calibration", "temperature", *COMMON)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+def test_cli_says_it_in_one_line(tiny_model_dir, tmp_path, capfd, monkeypatch):
+    # in-process (seqcls-train's entry point): a subprocess would spend its time importing torch only to fail here
+    from seqcls.train import cli
+
+    monkeypatch.delenv("SEQCLS_DEBUG", raising=False)
+    code = cli(["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out"), "--do_train",
+                "--train_file", str(ROOT / "data/example.jsonl"), "--calibration", "temperature", *COMMON])
+    stderr = capfd.readouterr().err
+    assert code == 2 and [line for line in stderr.splitlines() if line.startswith("error") or "Traceback" in line] == [
         "error: calibration temperature needs validation data: give --validation_file or "
-        "--validation_split_percentage (and --do_eval when recalibrating a trained model)"], proc.stderr
+        "--validation_split_percentage (and --do_eval when recalibrating a trained model)"], stderr
 
 
 def test_multi_label_fits_one_temperature_per_label_before_thresholds(tiny_model_dir, tmp_path):
@@ -233,3 +237,24 @@ def test_multi_label_fits_one_temperature_per_label_before_thresholds(tiny_model
     assert record["over"].startswith("every (row, label) pair")  # all label-row pairs, said so
     assert sum(b["count"] for b in record["model"]) == metrics["eval_samples"] * settings.label_space.num_labels
     assert ece_of(record["before_calibration"]) == pytest.approx(metrics["eval_ece_before_calibration"], abs=1e-5)
+
+
+def test_scipy_softmax_and_expit_are_the_hand_written_formulas():
+    """outputs.decode_logits and the calibration metrics use scipy.special's softmax and expit instead of the
+    hand-written formulas they had: the same probabilities (softmax bit for bit, expit within an ulp or two)."""
+    from seqcls.labels import MULTI, SINGLE, LabelSpace
+    from seqcls.outputs import decode_logits
+
+    logits = np.random.default_rng(0).normal(scale=8.0, size=(64, 5))
+    z = logits - logits.max(axis=-1, keepdims=True)
+    softmax = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    sigmoid = 1.0 / (1.0 + np.exp(-logits))
+    names = tuple("abcde")
+    rows = decode_logits(LabelSpace(SINGLE, names), logits)
+    assert [r["score"] for r in rows] == softmax.max(axis=-1).tolist()
+    multi = decode_logits(LabelSpace(MULTI, names), logits)
+    by_hand = [{n: round(float(p), 6) for n, p in zip(names, row)} for row in sigmoid]
+    assert [r["probabilities"] for r in multi] == by_hand
+    from scipy.special import expit
+
+    np.testing.assert_allclose(expit(logits), sigmoid, rtol=4e-16, atol=0)

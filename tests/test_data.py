@@ -151,3 +151,22 @@ def test_cutting_a_huge_text_keeps_every_token_truncation_keeps(qwen2_tokenizer,
     assert all((t.endswith(c) if side == "left" else t.startswith(c)) for c, t in zip(cut, texts))
     whole = tokenizer(texts, truncation=True, max_length=4)["input_ids"]
     assert encode_texts(tokenizer, texts, None, 4)["input_ids"] == whole
+
+
+def test_select_splits_builds_labels_before_the_cut_and_checks_each_step(tmp_path):
+    from seqcls.data import select_splits
+
+    rows = [{"text": f"t{i}", "label": "rare" if i == 9 else "common"} for i in range(10)]
+    val = jsonl(tmp_path, [{"text": "v", "label": "rare"}], "val.jsonl")
+    raw, sources = load_raw_datasets(data_args(train_file=str(jsonl(tmp_path, rows)), validation_file=str(val)))
+    steps = SimpleNamespace(do_train=True, do_eval=True, do_predict=False, tune_thresholds=False)
+    cuts = data_args(max_train_samples=3, max_eval_samples=None, max_predict_samples=None,
+                     shuffle_train_dataset=False, shuffle_seed=42, problem_type=None, class_names=None,
+                     do_regression=None)
+    selected, space = select_splits(raw, sources, COLS, cuts, steps)
+    assert space.names == ("common", "rare")  # from all 10 rows: the cut to 3 keeps no "rare"
+    assert selected["train"]["text"] == ["t0", "t1", "t2"] and len(raw["train"]) == 10  # the input is not changed
+    shuffled, _ = select_splits(raw, sources, COLS, SimpleNamespace(**{**vars(cuts), "shuffle_train_dataset": True}), steps)
+    assert shuffled["train"]["text"] == raw["train"].shuffle(seed=42)["text"][:3]
+    with pytest.raises(UsageError, match="--do_predict needs --test_file"):
+        select_splits(raw, sources, COLS, cuts, SimpleNamespace(**{**vars(steps), "do_predict": True}))

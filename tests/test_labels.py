@@ -68,16 +68,16 @@ def test_integer_labels_come_back_as_integers():
     import numpy as np
 
     from seqcls.model_dir import ModelSettings
-    from seqcls.outputs import decode
+    from seqcls.outputs import decode_logits
 
     space = build_label_space([2, 0, 1, 10, 0])
     assert space.names == ("0", "1", "2", "10") and space.label_type == "int"
-    rows = decode(space, np.array([[0.0, 0.0, 0.0, 5.0], [3.0, 0.0, 0.0, 0.0]]))
+    rows = decode_logits(space, np.array([[0.0, 0.0, 0.0, 5.0], [3.0, 0.0, 0.0, 0.0]]))
     assert [r["label"] for r in rows] == [10, 0] and list(rows[0]["probabilities"])[0] == "10"
     saved = ModelSettings(label_space=space).to_dict()
     assert ModelSettings.from_dict(saved, "x").label_space == space
     multi = build_label_space([[1, 2], [3]])
-    assert decode(multi, np.array([[5.0, -5.0, 5.0]]))[0]["label"] == [1, 3]
+    assert decode_logits(multi, np.array([[5.0, -5.0, 5.0]]))[0]["label"] == [1, 3]
     assert build_label_space(["a", "b"]).label_type == "str"
 
 

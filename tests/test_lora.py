@@ -107,11 +107,15 @@ def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_qlora_on_cpu_is_a_clear_error(tiny_model_dir, tmp_path):
+def test_qlora_on_cpu_is_a_clear_error(tiny_model_dir, tmp_path, capfd, monkeypatch):
+    # in-process (the CLI's entry point): a subprocess would spend its time importing torch only to fail here
+    from seqcls.train import cli
+
+    monkeypatch.delenv("SEQCLS_DEBUG", raising=False)
     out = tmp_path / "run"
-    proc = run_cli(*train_args(tiny_model_dir, out, "--use_lora", "true", "--load_in_4bit", "true", test=None))
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "load_in_4bit (QLoRA) needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert cli(train_args(tiny_model_dir, out, "--use_lora", "true", "--load_in_4bit", "true", test=None)[1:]) == 2
+    stderr = capfd.readouterr().err
+    assert "load_in_4bit (QLoRA) needs a CUDA GPU" in stderr and "Traceback" not in stderr
     assert not out.exists()
 
 
@@ -138,7 +142,8 @@ def test_lora_option_mistakes():
 def test_qlora_config_and_head_check():
     from transformers import BitsAndBytesConfig
 
-    from seqcls.modeling import HEAD_NAMES, check_head_unquantized
+    from seqcls.lora import check_head_unquantized
+    from seqcls.modeling import HEAD_NAMES
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
                                 llm_int8_skip_modules=list(HEAD_NAMES))
@@ -158,22 +163,52 @@ def test_qlora_config_and_head_check():
 def test_encoder_targets_the_blocks_and_trains_pooler_and_head_in_full():
     from transformers import AutoModelForSequenceClassification
 
-    from seqcls.modeling import lora_target_modules
+    from seqcls.lora import lora_target_modules
 
     model = AutoModelForSequenceClassification.from_pretrained(MINILM, num_labels=3)
     targets = lora_target_modules(model, None)
     assert sorted(targets) == sorted(["attention.self.query", "attention.self.key", "attention.self.value",
                                       "attention.output.dense", "intermediate.dense", "output.dense"])
     assert lora_target_modules(model, ["query", "value"]) == ["query", "value"]
+    # peft's "all-linear" would also adapt BERT's pooler.dense, which is trained in full: not the same modules
+    assert peft_all_linear(model) - targeted(model, targets) == {"bert.pooler.dense"}
     # BERT classifies pooler(CLS): the pooler is trained in full with the classifier
     from types import SimpleNamespace
 
-    from seqcls.modeling import apply_lora
+    from seqcls.lora import apply_lora
 
     lora = apply_lora(model, SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
                                              model_name_or_path=str(MINILM)))
     full = {n for n, p in lora.named_parameters() if p.requires_grad and "lora_" not in n}
     assert any(".pooler." in n for n in full) and any(".classifier." in n for n in full)
+
+
+
+def targeted(model, targets) -> set[str]:
+    """The full names of the Linear layers that `targets` (names relative to a block) select."""
+    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and any(n == t or n.endswith("." + t) for t in targets)}
+
+
+def peft_all_linear(model) -> set[str]:
+    """The modules peft's target_modules="all-linear" selects for a SEQ_CLS model."""
+    from peft import LoraConfig, TaskType
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    config = _maybe_include_all_linear_layers(LoraConfig(task_type=TaskType.SEQ_CLS, target_modules="all-linear"), model)
+    return targeted(model, config.target_modules)
+
+
+def test_decoder_default_targets_are_peft_all_linear(tiny_model_dir):
+    """For a decoder LLM our default (every Linear of the blocks) is exactly peft's "all-linear"; we keep our own
+    selection because for an encoder "all-linear" also takes the pooler (test above)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from seqcls.lora import lora_target_modules
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3)
+    ours = targeted(model, lora_target_modules(model, None))
+    assert ours and ours == peft_all_linear(model)
 
 
 def test_fp16_keeps_the_head_and_logits_in_fp32(tiny_model_dir, caplog):

@@ -94,6 +94,19 @@ def test_auto_class_weights():
     assert resolve_class_weights(["1", "2.5"], single, [0, 1]) == [1.0, 2.5]
 
 
+
+@pytest.mark.parametrize("seed", range(10))
+def test_auto_class_weights_are_the_hand_written_formula(seed):
+    # w[c] = N / (C * n_c), 1 for a label train never shows: what this function computed by hand before sklearn did it
+    rng = np.random.default_rng(seed)
+    n_labels = int(rng.integers(2, 7))
+    targets = rng.integers(0, n_labels - (seed % 2), size=int(rng.integers(1, 50)))  # odd seeds: a label never shown
+    space = LabelSpace(SINGLE, tuple(f"l{i}" for i in range(n_labels)))
+    counts = np.bincount(targets, minlength=n_labels).astype(np.float64)
+    expected = np.where(counts > 0, len(targets) / (n_labels * np.maximum(counts, 1)), 1.0)
+    got = resolve_class_weights(["auto"], space, targets.tolist())
+    assert got == expected.tolist() if len(np.unique(targets)) == n_labels else got == pytest.approx(expected, rel=1e-15)
+
 def test_loss_option_mistakes_are_usage_errors():
     with pytest.raises(UsageError, match="one weight per label"):
         resolve_class_weights(["1", "2", "3"], LabelSpace(SINGLE, ("a", "b")), [0, 1])

@@ -26,6 +26,33 @@ def test_best_threshold_never_cuts_between_equal_probabilities():
     assert f1 == pytest.approx(2 * tp / (preds.sum() + 2))
 
 
+
+def _hand_written_best_threshold(probs, truth):
+    """The exact search this module did by hand before it used sklearn's precision_recall_curve: the reference."""
+    probs = np.asarray(probs, dtype=np.float64)
+    truth = (np.asarray(truth) >= 0.5).astype(np.int64)
+    n_pos = int(truth.sum())
+    order = np.argsort(-probs, kind="stable")
+    p = probs[order]
+    tp = np.cumsum(truth[order])
+    f1 = 2 * tp / (np.arange(1, len(p) + 1) + n_pos)
+    f1 = np.where(np.append(p[:-1] > p[1:], True), f1, -1.0)
+    best = int(np.argmax(f1))
+    below = p[best + 1] if best + 1 < len(p) else 0.0
+    return float((p[best] + below) / 2), float(f1[best])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_best_threshold_is_the_hand_written_search(seed):
+    # ties in probability (rounded values) and in F1 (few rows) included: the same threshold and F1, bit for bit
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    probs = np.round(rng.random(n), int(rng.integers(1, 4)))
+    truth = (rng.random(n) < rng.uniform(0.05, 0.8)).astype(int)
+    if truth.sum() == 0:
+        truth[int(rng.integers(n))] = 1
+    assert best_threshold(probs, truth) == _hand_written_best_threshold(probs, truth)
+
 def test_label_without_positives_keeps_half():
     assert best_threshold(np.array([0.7, 0.2]), np.array([0, 0])) == (0.5, 0.0)
     assert tune_thresholds(np.array([[0.7, 0.9], [0.2, 0.1]]), np.array([[0, 1], [0, 0]])) == [0.5, 0.5]
