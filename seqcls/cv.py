@@ -441,17 +441,20 @@ def predict_ensemble(model_dirs: Sequence[str | Path], texts: Sequence[str], tex
 
 
 def _predict_cli(args: argparse.Namespace) -> int:
-    from .predict import Classifier, _stream_input, read_rows
+    from .corpus import BadRow, open_corpus
+    from .predict import Classifier
 
     dirs = fold_model_dirs(args.cv_dir)
     first = Classifier.from_pretrained(dirs[0], device=args.device)
-    cols = first.columns
-    with _stream_input(args.input) as stream:
-        cols, rows = read_rows(stream, args.input, "auto", cols, args.id_column)
-        rows = list(rows)
-    bad = [r for r in rows if not hasattr(r, "values")]
+    corpus = open_corpus(args.input, "auto", first.columns, args.id_column)  # seqcls-predict's reader and row rules
+    try:
+        rows = [row for _, _, chunk in corpus.chunks(8192, lambda k: True) for row in chunk]
+    finally:
+        corpus.close()
+    cols = corpus.cols
+    bad = [r for r in rows if isinstance(r, BadRow)]
     if bad:
-        raise UsageError(f"{args.input}:{bad[0].line}: {bad[0].reason}")
+        raise UsageError(f"{bad[0].where}: {bad[0].reason}")
     texts = [cols.delimiter.join(str(r.values[c]) for c in cols.text) for r in rows]
     pairs = [str(r.values[cols.pair]) for r in rows] if cols.pair else None
     results = predict_ensemble(dirs, texts, pairs, batch_size=args.batch_size, device=args.device)
