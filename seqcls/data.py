@@ -445,6 +445,9 @@ def check_columns(ds, cols: Columns, source: Source, need_label: bool) -> None:
 
 def carve_validation(raw, sources: dict, label_column: str, percentage: float, seed: int):
     """Hold out `percentage` of train as validation: stratified by label for single-label data, deterministic."""
+    # Hand-written rather than sklearn's train_test_split(stratify=...): that one refuses a label with a single row
+    # (kept in train here), rounds the per-label counts differently and so would change the held-out rows that the
+    # README promises for a given seed.
     import datasets
 
     train = raw["train"]

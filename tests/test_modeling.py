@@ -49,3 +49,13 @@ def test_max_seq_length_beyond_model_positions(tiny_model_dir):
     assert max_length_for(tokenizer, model, None) == 1024
     with pytest.raises(UsageError, match="beyond the model's limit of 1024"):
         max_length_for(tokenizer, model, 4096)
+
+
+def test_torch_free_dtype_lists_name_the_dtypes_modeling_loads():
+    """seqcls-merge and seqcls-predict list --dtype choices without importing torch; they must offer exactly the
+    dtypes modeling.DTYPES maps (a new one there would otherwise be refused on their command lines)."""
+    from seqcls import merge, predict
+    from seqcls.modeling import DTYPES
+
+    assert sorted(merge.DTYPE_NAMES) == sorted(DTYPES)
+    assert sorted(predict.DTYPE_NAMES) == sorted(["auto", *DTYPES])
