@@ -9,7 +9,6 @@ SUBPROCESS run the real command in a subprocess, so the exit status and stderr o
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -422,10 +421,7 @@ def test_bom_and_crlf_are_accepted_and_logged(name, content, tmp_path, caplog):
     assert f"{path}: a UTF-8 byte-order mark and CRLF line ends, accepted" in caplog.text
 
 
-# --- Prediction CLI (issue 3): same rules; runs once seqcls.predict exists ---------------------------------------
-
-HAS_PREDICT = importlib.util.find_spec("seqcls.predict") is not None
-needs_predict = pytest.mark.skipif(not HAS_PREDICT, reason="seqcls.predict (the prediction CLI) is not built yet")
+# --- Prediction CLI (issue 3): the same rules -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -474,7 +470,6 @@ PREDICT_SETUPS = {"no_label_map": model_without_label_map, "no_head": model_with
                   "adapter": adapter_without_base, "bin_only": trained_with_bin_weights_only}
 
 
-@needs_predict
 @pytest.mark.parametrize("name", list(PREDICT_CASES))
 def test_prediction_bad_input(name, tmp_path, tiny_model_dir, request, capfd):
     files, extra, expect = PREDICT_CASES[name]
@@ -509,7 +504,6 @@ PREDICT_OPTION_CASES = {
 }
 
 
-@needs_predict
 @pytest.mark.parametrize("name", list(PREDICT_OPTION_CASES))
 def test_prediction_bad_option(name, tmp_path, capfd, trained_model_dir):
     """Issue 13: options and output paths that used to be tracebacks (or JSONL in an .xlsx) are one line."""
