@@ -662,6 +662,11 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
     after truncation, so it is the last token of every text however long the text is, on either truncation side.
     With a `prompt` each row is its filled template (one sequence; `extra` holds the template's other columns) and
     only the text inside it is cut (`seqcls.prompts.encode_with_template`).
+
+    Huge texts are cut first (`cut_long_texts`, `cut_long_pairs`), except inside a template: there the text's first
+    cut keeps (whole row's tokens - text's own tokens) fewer tokens than max_length, a difference that depends on
+    how the text's END merges with the template's next literal (right truncation), which a cut changes and no
+    bound decides; so such rows stay whole (linear time and memory, no overflowing windows), not cut unproven.
     """
     template = prompt.resolve(tokenizer) if prompt is not None else None
     special = tokenizer.num_special_tokens_to_add(pair=pairs is not None and template is None)
