@@ -200,6 +200,25 @@ def test_cutting_huge_pairs_keeps_every_token_longest_first_keeps(qwen2_tokenize
                 == [longest_first(a, b, max_length, side == "left") for a, b in zip(ids[:3], ids[3:])])
 
 
+def test_cutting_huge_pairs_counts_the_special_tokens_of_the_pair():
+    """MiniLM's WordPiece adds [CLS] a [SEP] b [SEP]: max_length 7 and 8 leave budgets of 4 and 5 for the texts."""
+    from transformers import AutoTokenizer
+
+    from conftest import MINILM
+    from seqcls.data import cut_long_pairs, encode_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    huge, short = long_texts()[:2], ["a b c", "one two three four five six seven eight nine"]
+    for side in ("right", "left"):
+        tokenizer.truncation_side = side
+        for max_length in (7, 8):
+            firsts, seconds = huge + short, short + huge
+            cut_firsts, cut_seconds = cut_long_pairs(tokenizer, firsts, seconds, max_length)
+            assert sum(len(c) < len(t) for c, t in zip(cut_firsts + cut_seconds, firsts + seconds)) == 4
+            whole = tokenizer(firsts, seconds, truncation="longest_first", max_length=max_length)["input_ids"]
+            assert encode_texts(tokenizer, firsts, seconds, max_length)["input_ids"] == whole
+
+
 def test_select_splits_builds_labels_before_the_cut_and_checks_each_step(tmp_path):
     from seqcls.data import select_splits
 
