@@ -1,6 +1,7 @@
 """One huge text: seconds and peak memory to tokenize it with truncation, with and without the raw-text cut.
 
     python benchmarks/huge_text.py --mb 50 --max_length 32
+    python benchmarks/huge_text.py --mb 20 --max_length 32 --pair short   # the huge text with a short second text
 
 Each arm runs `seqcls.data.encode_texts` (cut: what training and prediction run) or the tokenizer on the whole
 text (whole: what they ran before), in its own subprocess so that its peak RSS is its own; both arms on the same
@@ -35,7 +36,10 @@ def make_text(mb: int) -> str:
     return "".join(out)
 
 
-def child(arm: str, model: str, mb: int, max_length: int, side: str) -> None:
+PAIR = "这家店的外卖怎么样？"  # --pair short: a question as the second text ("longest_first" truncation)
+
+
+def child(arm: str, model: str, mb: int, max_length: int, side: str, pair: str) -> None:
     from transformers import AutoTokenizer
 
     from seqcls.data import encode_texts
@@ -43,11 +47,13 @@ def child(arm: str, model: str, mb: int, max_length: int, side: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     tokenizer.truncation_side = side
     text = make_text(mb)
+    pairs = [PAIR] if pair == "short" else None
     start, cpu = time.perf_counter(), time.process_time()
     if arm == "cut":
-        ids = encode_texts(tokenizer, [text], None, max_length)["input_ids"][0]
+        ids = encode_texts(tokenizer, [text], pairs, max_length)["input_ids"][0]
     else:
-        ids = tokenizer([text], truncation=True, max_length=max_length)["input_ids"][0]
+        ids = tokenizer([text], pairs, truncation=True if pairs is None else "longest_first",
+                        max_length=max_length)["input_ids"][0]
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"arm": arm, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "ids": ids}))
@@ -59,6 +65,7 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=32)
     parser.add_argument("--side", default="right", choices=["right", "left"])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--pair", default="none", choices=["none", "short"], help="short: a short second text")
     parser.add_argument("--model", default=None, help="a model directory (default: the tiny Qwen2, real tokenizer)")
     parser.add_argument("--child", default=None)
     args = parser.parse_args()
@@ -67,19 +74,21 @@ def main() -> None:
 
         args.model = str(tiny.build(ROOT / "models" / "bench" / "qwen2-tiny", size="tiny", seed=0))
     if args.child:
-        return child(args.child, args.model, args.mb, args.max_length, args.side)
+        return child(args.child, args.model, args.mb, args.max_length, args.side, args.pair)
     results: dict[str, list] = {"cut": [], "whole": []}
     for r in range(args.rounds):
         for arm in (["cut", "whole"] if r % 2 == 0 else ["whole", "cut"]):
             proc = subprocess.run([sys.executable, __file__, "--child", arm, "--model", args.model,
-                                   "--mb", str(args.mb), "--max_length", str(args.max_length), "--side", args.side],
+                                   "--mb", str(args.mb), "--max_length", str(args.max_length), "--side", args.side,
+                                   "--pair", args.pair],
                                   capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
             if proc.returncode:
                 sys.exit(proc.stderr[-3000:])
             results[arm].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     same = results["cut"][0]["ids"] == results["whole"][0]["ids"]
     base = min(x["wall_s"] for x in results["whole"])
-    print(f"{args.mb} MB line, max_length {args.max_length}, truncation {args.side}; kept ids identical: {same}; "
+    second = " with a short second text" if args.pair == "short" else ""
+    print(f"{args.mb} MB line{second}, max_length {args.max_length}, truncation {args.side}; kept ids identical: {same}; "
           f"load avg {os.getloadavg()[0]:.1f}")
     print("| arm | wall s | CPU s | peak RSS MB | vs whole (wall) |")
     print("|---|---:|---:|---:|---:|")

@@ -577,28 +577,81 @@ def cut_long_texts(tokenizer, texts: list[str], max_length: int) -> list[str]:
     holds between pre-token boundaries (spaces, punctuation) but is not guaranteed inside one very long word (a
     run of CJK characters is a single Qwen2 pre-token). So each cut is checked: the prefix of K characters and the
     prefix of 2K must give the same truncated ids, else K doubles (at worst the text stays whole, as before).
-    Only single texts without a prompt template are cut; pairs ("longest_first" weighs both lengths) and
-    templates are tokenized whole.
+    Pairs: `cut_long_pairs`. Prompt templates are tokenized whole (see `encode_texts`).
     """
-    bound = 4 * _longest_token(tokenizer) * (max_length + 2)
-    if all(len(t) <= 2 * bound for t in texts):
-        return texts
+    return [_cut_text(tokenizer, t, max_length) for t in texts]
+
+
+def _cut_bound(tokenizer, max_length: int) -> int:
+    """Characters that give at least max_length + 2 tokens (`cut_long_texts`)."""
+    return 4 * _longest_token(tokenizer) * (max_length + 2)
+
+
+def _cut_text(tokenizer, text: str, max_length: int, at_least: int = 0) -> str:
+    k = max(_cut_bound(tokenizer, max_length), at_least)
+    if len(text) <= 2 * k:
+        return text
     left = getattr(tokenizer, "truncation_side", "right") == "left"
 
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    def ids(part: str) -> list[int]:
+        return tokenizer(part, truncation=True, max_length=max_length)["input_ids"]
 
-    out = []
-    for text in texts:
-        k = bound
-        while 2 * k < len(text):
-            short, longer = (text[-k:], text[-2 * k:]) if left else (text[:k], text[:2 * k])
-            if ids(short) == ids(longer):
-                text = short
-                break
-            k *= 2
-        out.append(text)
-    return out
+    while 2 * k < len(text):
+        short, longer = (text[-k:], text[-2 * k:]) if left else (text[:k], text[:2 * k])
+        if ids(short) == ids(longer):
+            return short
+        k *= 2
+    return text
+
+
+def cut_long_pairs(tokenizer, texts: list[str], pairs: list[str], max_length: int) -> tuple[list[str], list[str]]:
+    """Text pairs cut as `cut_long_texts` cuts single texts, keeping every token "longest_first" truncation keeps.
+
+    Why that holds (tokenizers' `truncate_encodings`; each text is tokenized alone, then truncated to a budget of
+    B = max_length - the pair's special tokens): with n_s <= n_l the two token counts and n_s + n_l > B, the
+    shorter keeps n_s and the longer B - n_s when 2 n_s <= B, else they split B in halves, the first text taking
+    the odd token unless it is the longer one strictly. A cut text keeps more than max_length + 1 >= B tokens (the
+    bound of `cut_long_texts`), and its first (last, truncating left) tokens up to B, checked. So with one text cut
+    and the other (n tokens) not: if 2 n <= B both before and after, the cut one is the longer and gets B - n; else
+    both get the halves, the same ones when B is even. When B is odd the odd token goes by which text is longer, so
+    the cuts must keep that: with one text cut, it holds when the other is shorter than both lower bounds of the
+    cut one's count (before: its length / 4 L, after: its cut count); else (and with both cut) both texts are
+    counted whole (linear time, no truncation) and the cut of the text that must stay the longer is lengthened
+    until the cut counts compare the same way (at worst both stay whole). Whole pairs cost more than whole single
+    texts: the tokenizer builds the overflowing windows of both texts and pairs every window of one with every
+    window of the other (two 7 kB texts truncated to 5 tokens take more than 12 GB).
+    """
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    longest = _longest_token(tokenizer)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
+    out_texts, out_pairs = list(texts), list(pairs)
+    for i, (a, b) in enumerate(zip(texts, pairs)):
+        if not isinstance(a, str) or not isinstance(b, str):
+            continue  # left to the tokenizer's own error
+        cut_a, cut_b = _cut_text(tokenizer, a, max_length), _cut_text(tokenizer, b, max_length)
+        if cut_a is a and cut_b is b:
+            continue
+        if budget % 2 == 1:  # the odd token goes to the longer text: the cuts must compare as the whole texts do
+            both = cut_a is not a and cut_b is not b
+            whole, cut, other = (a, cut_a, b) if cut_a is not a else (b, cut_b, a)
+            if both or not (count(other) < count(cut) and count(other) < len(whole) / (4 * longest)):
+                first_longer = count(a) > count(b)  # exact: linear in the texts, without the pairing of windows
+                for _ in range(64):
+                    if (count(cut_a) > count(cut_b)) == first_longer:
+                        break
+                    # lengthen the cut of the text that must come out longer (at worst up to the whole text)
+                    if first_longer and cut_a is not a:
+                        cut_a = _cut_text(tokenizer, a, max_length, at_least=2 * len(cut_a))
+                    elif not first_longer and cut_b is not b:
+                        cut_b = _cut_text(tokenizer, b, max_length, at_least=2 * len(cut_b))
+                    else:
+                        cut_a, cut_b = a, b
+                        break
+        out_texts[i], out_pairs[i] = cut_a, cut_b
+    return out_texts, out_pairs
 
 
 def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False,
@@ -609,6 +662,11 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
     after truncation, so it is the last token of every text however long the text is, on either truncation side.
     With a `prompt` each row is its filled template (one sequence; `extra` holds the template's other columns) and
     only the text inside it is cut (`seqcls.prompts.encode_with_template`).
+
+    Huge texts are cut first (`cut_long_texts`, `cut_long_pairs`), except inside a template: there the text's first
+    cut keeps (whole row's tokens - text's own tokens) fewer tokens than max_length, a difference that depends on
+    how the text's END merges with the template's next literal (right truncation), which a cut changes and no
+    bound decides; so such rows stay whole (linear time and memory, no overflowing windows), not cut unproven.
     """
     template = prompt.resolve(tokenizer) if prompt is not None else None
     special = tokenizer.num_special_tokens_to_add(pair=pairs is not None and template is None)
@@ -619,6 +677,8 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
         return encode_with_template(tokenizer, template, texts, pairs, extra, max_length, padding)
     if pairs is None:
         texts = cut_long_texts(tokenizer, texts, max_length)
+    else:
+        texts, pairs = cut_long_pairs(tokenizer, texts, pairs, max_length)
     return tokenizer(
         texts,
         pairs,
@@ -655,8 +715,8 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
         "max_length": max_length,
         "pad_to_max_length": pad_to_max_length,
         "template": cols.prompt.resolve(tokenizer),  # the chat template lives outside the backend's JSON
-        "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, encode_texts, tokenize,
-                                                encode_with_template)],
+        "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, _cut_text, cut_long_pairs, encode_texts,
+                                                tokenize, encode_with_template)],
     }
     digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()

@@ -322,18 +322,31 @@ def load(model_dir: str | Path, *, device: "str | torch.device | None" = None, d
         raise UsageError(f"model directory {model_dir} does not exist; give the output_dir of a training run")
     adapter = is_adapter_dir(path)
     if not adapter and not (path / "config.json").is_file():
+        if _unfinished_run(path) is not None:
+            raise UsageError(f"{key} {path} is a training run that did not finish saving ({_unfinished_run(path)}): "
+                             "no config.json yet; rerun the same training command with this output_dir to finish "
+                             "it, or give the output_dir of a finished run")
         raise UsageError(f"{path} is not a model directory (no config.json); give the output_dir of a training run")
     check_model_source(str(path), use_safetensors, key=key)
     settings = read_settings(path)
-    tokenizer = load_tokenizer(path, settings, trust_remote_code=trust_remote_code, base=base_model_name_or_path)
     kwargs = {"dtype": dtype if dtype is not None else torch.float32, "trust_remote_code": trust_remote_code,
               "token": token}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if adapter:
-        model = _load_adapter(path, settings, tokenizer, kwargs, base_model_name_or_path, merge_adapter)
-    else:
-        model = _load_plain(path, kwargs, key)
+    try:
+        tokenizer = load_tokenizer(path, settings, trust_remote_code=trust_remote_code, base=base_model_name_or_path)
+        if adapter:
+            model = _load_adapter(path, settings, tokenizer, kwargs, base_model_name_or_path, merge_adapter)
+        else:
+            model = _load_plain(path, kwargs, key)
+    except UsageError as e:
+        unfinished = _unfinished_run(path)
+        if unfinished is None:
+            raise
+        failure = str(e).split("; ")[0]  # without its generic hint
+        raise UsageError(f"{key} {path} is a training run that did not finish saving ({unfinished}): {failure}; "
+                         "rerun the same training command with this output_dir to finish it, or give the output_dir "
+                         "of a finished run") from None
     if settings is None:
         settings = settings_from_config(model.config, str(path / "config.json"))
     _check_against_model(path, settings, model, tokenizer)
@@ -405,6 +418,19 @@ def _load_plain(path: Path, kwargs: dict[str, Any], key: str):
             "predictions would be random; give the output_dir of a training run, or train it first with --do_train"
         )
     return model
+
+
+def _unfinished_run(path: Path) -> str | None:
+    """What in `path` shows a training run that has not finished writing it (its run identity not marked finished,
+    or checkpoints of a run from before identities), or None. Asked only once loading has failed: a run killed after
+    its final save but before its last bookkeeping still loads."""
+    from .checkpoints import IDENTITY_FILE, checkpoints, read_identity
+
+    record = read_identity(path)
+    if record is not None:
+        return None if record.get("finished") else f"its {IDENTITY_FILE} is not marked finished"
+    found = checkpoints(path)
+    return f"it still holds {found[0].name}" if found else None
 
 
 def _has_safetensors(path: Path) -> bool:

@@ -153,6 +153,72 @@ def test_cutting_a_huge_text_keeps_every_token_truncation_keeps(qwen2_tokenizer,
     assert encode_texts(tokenizer, texts, None, 4)["input_ids"] == whole
 
 
+def longest_first(first: list[int], second: list[int], budget: int, left: bool) -> list[int]:
+    """tokenizers' `truncate_encodings` LongestFirst on two whole token lists (for pairs too costly to tokenize
+    together: the tokenizer pairs every overflowing window of one text with every window of the other)."""
+    n1, n2 = sorted((len(first), len(second)))
+    n2 = n1 if n1 > budget else max(n1, budget - n1)
+    if n1 + n2 > budget:
+        n1, n2 = budget // 2, budget // 2 + budget % 2
+    if len(first) > len(second):
+        n1, n2 = n2, n1
+    if len(first) + len(second) <= budget:
+        n1, n2 = len(first), len(second)
+    return (first[len(first) - n1:] + second[len(second) - n2:]) if left else (first[:n1] + second[:n2])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_cutting_huge_pairs_keeps_every_token_longest_first_keeps(qwen2_tokenizer, side):
+    from seqcls.data import cut_long_pairs, encode_texts
+
+    tokenizer = qwen2_tokenizer
+    tokenizer.truncation_side = side
+    huge = long_texts()[:3]
+    short = ["a b c", "one two three four five six seven eight nine", "好" * 5]
+    for max_length in (5, 4):  # an odd and an even budget (the odd token goes to the longer text)
+        # one side huge (either one), against the tokenizer itself
+        firsts, seconds = huge + short, short + huge
+        cut_firsts, cut_seconds = cut_long_pairs(tokenizer, firsts, seconds, max_length)
+        assert sum(len(c) < len(t) for c, t in zip(cut_firsts + cut_seconds, firsts + seconds)) >= 5
+        whole = tokenizer(firsts, seconds, truncation="longest_first", max_length=max_length)["input_ids"]
+        assert encode_texts(tokenizer, firsts, seconds, max_length)["input_ids"] == whole
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in firsts + seconds]
+        assert [longest_first(a, b, max_length, side == "left") for a, b in zip(ids[:6], ids[6:])] == whole
+    # both sides huge: one whole pair would take > 12 GB, and even the cut ones take seconds (every overflowing
+    # window of one text is paired with every window of the other), so the rule checked above stands in for the
+    # tokenizer, on each text's own tokens, whole and cut
+    joined = huge[0]
+    firsts, seconds = [joined[:7300], joined[2000:], joined], [joined[1000:8600], joined[:7400], joined[500:]]
+    for max_length in (5, 4):
+        cut_firsts, cut_seconds = cut_long_pairs(tokenizer, firsts, seconds, max_length)
+        shortened = [(len(c) < len(t), len(p) < len(q)) for c, t, p, q in zip(cut_firsts, firsts, cut_seconds, seconds)]
+        # an odd budget keeps the longer text whole where the cuts would compare the other way
+        assert all(a and b for a, b in shortened) if max_length % 2 == 0 else all(a or b for a, b in shortened)
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in firsts + seconds]
+        cut_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in cut_firsts + cut_seconds]
+        assert ([longest_first(a, b, max_length, side == "left") for a, b in zip(cut_ids[:3], cut_ids[3:])]
+                == [longest_first(a, b, max_length, side == "left") for a, b in zip(ids[:3], ids[3:])])
+
+
+def test_cutting_huge_pairs_counts_the_special_tokens_of_the_pair():
+    """MiniLM's WordPiece adds [CLS] a [SEP] b [SEP]: max_length 7 and 8 leave budgets of 4 and 5 for the texts."""
+    from transformers import AutoTokenizer
+
+    from conftest import MINILM
+    from seqcls.data import cut_long_pairs, encode_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    huge, short = long_texts()[:2], ["a b c", "one two three four five six seven eight nine"]
+    for side in ("right", "left"):
+        tokenizer.truncation_side = side
+        for max_length in (7, 8):
+            firsts, seconds = huge + short, short + huge
+            cut_firsts, cut_seconds = cut_long_pairs(tokenizer, firsts, seconds, max_length)
+            assert sum(len(c) < len(t) for c, t in zip(cut_firsts + cut_seconds, firsts + seconds)) == 4
+            whole = tokenizer(firsts, seconds, truncation="longest_first", max_length=max_length)["input_ids"]
+            assert encode_texts(tokenizer, firsts, seconds, max_length)["input_ids"] == whole
+
+
 def test_select_splits_builds_labels_before_the_cut_and_checks_each_step(tmp_path):
     from seqcls.data import select_splits
 

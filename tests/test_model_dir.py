@@ -309,3 +309,37 @@ def test_directory_that_is_not_a_trained_classifier(tiny_model_dir, trained, tmp
     proc = run_cli("-m", "seqcls.predict", str(broken), str(ROOT / "data/example_test.jsonl"), "-o", str(out))
     assert proc.returncode == 2 and "seqcls.json: field 'label_space'" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_run_killed_during_its_final_save_says_to_rerun_training(trained, tmp_path):
+    """Trainer.save_model writes model.safetensors in place: a kill during the final save leaves it cut short (and
+    the tokenizer not yet written), in an output_dir whose run identity is not marked finished."""
+    import shutil
+
+    from seqcls import Classifier
+
+    run, _ = trained("plain")
+    killed = tmp_path / "killed"
+    shutil.copytree(run, killed)
+    weights = (killed / "model.safetensors").read_bytes()
+    (killed / "model.safetensors").write_bytes(weights[:len(weights) // 3])
+    record = json.loads((killed / "run_identity.json").read_text())
+    assert record["finished"] is True  # the copy of a finished run: a cut file alone is a damaged directory
+    with pytest.raises(UsageError, match="could not be loaded") as damaged:
+        Classifier.from_pretrained(killed, device="cpu")
+    assert "did not finish" not in str(damaged.value)
+    (killed / "run_identity.json").write_text(json.dumps({**record, "finished": False}))
+    with pytest.raises(UsageError, match="did not finish saving .its run_identity.json is not marked finished.*"
+                                         "rerun the same training command"):
+        Classifier.from_pretrained(killed, device="cpu")
+    # a run from before identities: its checkpoint says it; killed before the tokenizer was saved (the CLI prints
+    # a UsageError as one line with exit 2: test_directory_that_is_not_a_trained_classifier)
+    (killed / "run_identity.json").unlink()
+    (killed / "tokenizer.json").unlink()
+    (killed / "checkpoint-4").mkdir()
+    with pytest.raises(UsageError, match="did not finish saving .it still holds checkpoint-4.") as unfinished:
+        Classifier.from_pretrained(killed, device="cpu")
+    assert "\n" not in str(unfinished.value)
+    (killed / "config.json").unlink()  # killed before anything of the final save was written
+    with pytest.raises(UsageError, match="did not finish saving .it still holds checkpoint-4.: no config.json yet"):
+        Classifier.from_pretrained(killed, device="cpu")
