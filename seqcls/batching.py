@@ -162,8 +162,9 @@ class BatchPlan(NamedTuple):
     packing: bool
 
     def options(self) -> dict[str, Any]:
-        """The decided `packing` / `max_tokens_per_batch` as options, so run_args.json says how the model was trained."""
-        return {"packing": self.packing, "max_tokens_per_batch": self.max_tokens if self.max_tokens is not None else "off"}
+        """The decided `packing` / `max_tokens_per_batch`, as options: run_args.json says how the model was trained."""
+        return {"packing": self.packing,
+                "max_tokens_per_batch": self.max_tokens if self.max_tokens is not None else "off"}
 
 
 def plan_training_batches(model, tokenizer, train_ds, model_args, data_args, training_args) -> BatchPlan:

@@ -276,9 +276,6 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
     thresholds = trained_thresholds  # this run's: tuned below (tune_thresholds), else the trained model's
 
     # --- Trainer --------------------------------------------------------------------------------------
-    metric, greater = BEST_METRIC[label_space.problem_type]  # the best-model metric, unless the user chose one
-    args = training_args if training_args.metric_for_best_model_given else with_resolved(
-        training_args, metric_for_best_model=metric, greater_is_better=greater)
     mixed = training_args.bf16 or training_args.fp16
     stopper = GracefulStop()  # SIGINT/SIGTERM: save a checkpoint at the end of the step, then stop
     eval_dataset = tokenized.get("validation")
@@ -286,7 +283,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         eval_dataset = sorted_by_length(eval_dataset)[0]  # metrics do not depend on the order; padding does
     trainer = ClassificationTrainer(
         model=model,
-        args=args,  # the Trainer's copy: the resolved best-model metric, then (below) packing and the token budget
+        args=trainer_arguments(training_args, label_space.problem_type),  # a copy; packing and budget: plan_batches
         train_dataset=tokenized.get("train") if training_args.do_train else None,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
@@ -350,6 +347,15 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         give_weights_umask_mode(out)  # trainer.save_model's safetensors come with mode 0600
         write_identity(out, plan.identity, finished=True)  # last: a run killed before this is not finished
     return results
+
+
+def trainer_arguments(training_args, problem_type: str):
+    """The Trainer's TrainingArguments: a copy with the problem type's best-model metric (metrics.BEST_METRIC) when the
+    user chose none; the parsed object stays as given (the run identity was taken from it)."""
+    if training_args.metric_for_best_model_given:
+        return training_args
+    metric, greater = BEST_METRIC[problem_type]
+    return with_resolved(training_args, metric_for_best_model=metric, greater_is_better=greater)
 
 
 def check_label_options(label_space, data_args, training_args, sources, has_validation: bool) -> None:
