@@ -890,6 +890,22 @@ def token_budget_setting(value: Any) -> str | int:
     return number
 
 
+def with_resolved(training_args: TrainingArguments, **values: Any) -> TrainingArguments:
+    """A copy of the parsed TrainingArguments with `values`, the options decided once the data or the model is known
+    (the best-model metric of the problem type, packing auto, max_tokens_per_batch auto); the parsed object stays as
+    given. A shallow copy, not dataclasses.replace: that would rerun __post_init__ (device set-up, transformers'
+    metric_for_best_model "loss" default) and drop what the parser kept on the object (given_options)."""
+    import copy
+
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(training_args)})
+    if unknown:
+        raise AttributeError(f"not TrainingArguments fields: {unknown}")  # a bug of ours, not the user's
+    resolved = copy.copy(training_args)
+    for key, value in values.items():
+        setattr(resolved, key, value)
+    return resolved
+
+
 def to_loggable_dict(*args_objects) -> dict[str, Any]:
     """All arguments as one flat dict, with secrets removed: safe to log and to save with the model."""
     flat: dict[str, Any] = {}

@@ -6,7 +6,7 @@ is not tiny. No well-kept library offers this for a map-style dataset under the 
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -154,12 +154,24 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         return self._num_batches
 
 
-def plan_training_batches(model, tokenizer, train_ds, model_args, data_args, training_args):
+class BatchPlan(NamedTuple):
+    """How training batches are made (seqcls.batching.plan_training_batches)."""
+
+    collator: Any  # the training collator; None: the padding collator
+    max_tokens: int | None  # the token budget; None: per_device_train_batch_size rows
+    packing: bool
+
+    def options(self) -> dict[str, Any]:
+        """The decided `packing` / `max_tokens_per_batch`, as options: run_args.json says how the model was trained."""
+        return {"packing": self.packing,
+                "max_tokens_per_batch": self.max_tokens if self.max_tokens is not None else "off"}
+
+
+def plan_training_batches(model, tokenizer, train_ds, model_args, data_args, training_args) -> BatchPlan:
     """Decide how training batches are made: packed or padded, in which order, under which token budget.
 
-    Resolves `packing` auto (checked on this model) and `max_tokens_per_batch` auto. Returns the training collator
-    (None: the padding collator) and the token budget (None: per_device_train_batch_size rows). Neither default
-    changes what is computed: packing or not, the batches hold the same rows in the same random order.
+    Resolves `packing` auto (checked on this model) and `max_tokens_per_batch` auto; the arguments stay as parsed.
+    Neither default changes what is computed: packing or not, the batches hold the same rows in the same random order.
     """
     import logging
 
@@ -180,11 +192,8 @@ def plan_training_batches(model, tokenizer, train_ds, model_args, data_args, tra
         "longest %d)", "packed" if packing else "padded", training_args.train_sampling_strategy,
         f"at most {budget} tokens each" if budget else "fixed rows", training_args.per_device_train_batch_size,
         int(np.ceil(np.percentile(lengths, 95))), int(lengths.max()))
-    # record what was decided, so run_args.json says how the model was trained
-    training_args.packing = packing
-    training_args.max_tokens_per_batch = budget if budget is not None else "off"
-    return collator, budget
+    return BatchPlan(collator, budget, packing)
 
 
 __all__ = ["token_lengths", "sorted_by_length", "budget_batches", "random_packed_batches", "resolve_token_budget",
-           "check_token_budget", "TokenBudgetBatchSampler", "plan_training_batches"]
+           "check_token_budget", "TokenBudgetBatchSampler", "BatchPlan", "plan_training_batches"]

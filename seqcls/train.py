@@ -17,7 +17,7 @@ import torch
 from scipy.special import expit
 from transformers import DataCollatorWithPadding, Trainer, set_seed
 
-from .arguments import hf_token, parse_args, to_loggable_dict
+from .arguments import hf_token, parse_args, to_loggable_dict, with_resolved
 from .batching import TokenBudgetBatchSampler, plan_training_batches, sorted_by_length, token_lengths
 from .calibration import (calibration_metrics, calibration_record, check_fittable, fit_temperatures,
                           fold_temperatures, reliability)
@@ -74,9 +74,12 @@ class ClassificationTrainer(Trainer):
 
     def __init__(self, *args, plan_batches=None, sparse_embedding=None, **kwargs):
         super().__init__(*args, **kwargs)
-        # plan_batches(model) -> (training collator or None, token budget or None), called once the Trainer has put
-        # the model on its device (packing is checked on it): seqcls.batching.plan_training_batches
-        self.train_data_collator, self.max_tokens_per_batch = plan_batches(self.model) if plan_batches else (None, None)
+        # plan_batches(model) -> seqcls.batching.BatchPlan, called once the Trainer has put the model on its device
+        # (packing is checked on it); self.args becomes a copy that records what was decided (run_args.json)
+        plan = plan_batches(self.model) if plan_batches else None
+        self.train_data_collator, self.max_tokens_per_batch = (plan.collator, plan.max_tokens) if plan else (None, None)
+        if plan is not None:
+            self.args = with_resolved(self.args, **plan.options())
         self.sparse_embedding = sparse_embedding  # embedding_update sparse: its weight (seqcls/embedding.py)
         if sparse_embedding is not None:  # under DDP: broadcast, and all-reduced whenever DDP reduces the rest
             replicate_across_processes(
@@ -273,8 +276,6 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
     thresholds = trained_thresholds  # this run's: tuned below (tune_thresholds), else the trained model's
 
     # --- Trainer --------------------------------------------------------------------------------------
-    if not training_args.metric_for_best_model_given:
-        training_args.metric_for_best_model, training_args.greater_is_better = BEST_METRIC[label_space.problem_type]
     mixed = training_args.bf16 or training_args.fp16
     stopper = GracefulStop()  # SIGINT/SIGTERM: save a checkpoint at the end of the step, then stop
     eval_dataset = tokenized.get("validation")
@@ -282,7 +283,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         eval_dataset = sorted_by_length(eval_dataset)[0]  # metrics do not depend on the order; padding does
     trainer = ClassificationTrainer(
         model=model,
-        args=training_args,
+        args=trainer_arguments(training_args, label_space.problem_type),  # a copy; packing and budget: plan_batches
         train_dataset=tokenized.get("train") if training_args.do_train else None,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
@@ -319,7 +320,7 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
                 padding_side=tokenizer.padding_side, pooling_token=marker, thresholds=thresholds,
                 calibration=calibration, prompt_template=cols.prompt.template,
                 use_chat_template=cols.prompt.use_chat_template, system_prompt=cols.prompt.system_prompt))
-            write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, training_args))
+            write_json(out / "run_args.json", to_loggable_dict(model_args, data_args, trainer.args))
 
     # --- Recalibrate a trained model on new labelled data: a new model directory with the fold --------------
     if training_args.calibration == "temperature" and not training_args.do_train:
@@ -346,6 +347,15 @@ def recipe(argv, model_args, data_args, training_args) -> dict[str, Any]:
         give_weights_umask_mode(out)  # trainer.save_model's safetensors come with mode 0600
         write_identity(out, plan.identity, finished=True)  # last: a run killed before this is not finished
     return results
+
+
+def trainer_arguments(training_args, problem_type: str):
+    """The Trainer's TrainingArguments: a copy with the problem type's best-model metric (metrics.BEST_METRIC) when the
+    user chose none; the parsed object stays as given (the run identity was taken from it)."""
+    if training_args.metric_for_best_model_given:
+        return training_args
+    metric, greater = BEST_METRIC[problem_type]
+    return with_resolved(training_args, metric_for_best_model=metric, greater_is_better=greater)
 
 
 def check_label_options(label_space, data_args, training_args, sources, has_validation: bool) -> None:

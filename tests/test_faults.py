@@ -52,6 +52,21 @@ def test_finished_rerun_is_a_no_op(finished, tiny_model_dir):
     assert json.loads((finished / IDENTITY_FILE).read_text())["finished"] is True
 
 
+def test_run_args_record_the_resolved_options_and_the_identity_the_given_ones(finished, tiny_model_dir):
+    """run_args.json says how the model was trained (the problem type's best-model metric, packing and the token
+    budget as decided); the run identity keeps the options as given, so the same command is recognised on a rerun."""
+    from seqcls.arguments import parse_args
+
+    recorded = json.loads((finished / "run_args.json").read_text())
+    assert (recorded["metric_for_best_model"], recorded["greater_is_better"]) == ("macro_f1", True)
+    assert isinstance(recorded["packing"], bool) and recorded["max_tokens_per_batch"] not in ("auto", None)
+    identity = json.loads((finished / IDENTITY_FILE).read_text())["identity"]
+    parsed = parse_args(args(tiny_model_dir, finished))[2]
+    assert (parsed.packing, parsed.metric_for_best_model) == ("auto", None)
+    assert (identity["packing"], identity["max_tokens_per_batch"], identity["metric_for_best_model"]) == \
+        (parsed.packing, parsed.max_tokens_per_batch, None)
+
+
 def test_rerun_with_other_options_is_refused(finished, tiny_model_dir):
     from seqcls.train import main
 
