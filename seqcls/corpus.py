@@ -238,7 +238,7 @@ class Corpus:
     def __init__(self, name: str, fmt: str, cols: Columns, id_column: str | None):
         self.name, self.fmt, self.id_column = name, fmt, id_column
         self.stdin = name == "-"
-        self.files = [] if self.stdin else _input_files(name)
+        self.files = [] if self.stdin else input_files(name)
         self.cols = cols
         self.many = len(self.files) > 1 or (not self.stdin and Path(name).is_dir())
         # the first file (or stdin) is opened at once: its format and header errors show before a model is loaded
@@ -329,11 +329,7 @@ class _Raw(io.RawIOBase):
         return len(data)
 
 
-def open_corpus(name: str, fmt: str, cols: Columns, id_column: str | None) -> Corpus:
-    return Corpus(name, fmt, cols, id_column)
-
-
-def _input_files(name: str) -> list[Path]:
+def input_files(name: str) -> list[Path]:
     """A file; a directory's data files (sorted by name, hidden ones left out); or a glob's matches, sorted."""
     path = Path(name)
     if path.is_file():
@@ -358,6 +354,31 @@ def _input_files(name: str) -> list[Path]:
 
 OUTPUT_FORMATS = ("jsonl", "csv", "parquet")
 OUTPUT_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+
+def count_rows(name: str) -> int | None:
+    """Lines in the input's files (Parquet: rows from its metadata), for the progress bar's total and ETA."""
+    if name == "-":
+        return None
+    try:
+        files = input_files(name)
+    except UsageError:
+        return None
+    n = 0
+    for path in files:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            n += pq.ParquetFile(path).metadata.num_rows
+            continue
+        last = b"\n"
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                n += block.count(b"\n")
+                last = block[-1:]
+        n += last != b"\n"
+    return n
 
 
 def output_format(output: str | None, fmt: str | None) -> str:

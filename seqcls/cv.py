@@ -441,12 +441,12 @@ def predict_ensemble(model_dirs: Sequence[str | Path], texts: Sequence[str], tex
 
 
 def _predict_cli(args: argparse.Namespace) -> int:
-    from .corpus import BadRow, open_corpus
+    from .corpus import BadRow, Corpus
     from .predict import Classifier
 
     dirs = fold_model_dirs(args.cv_dir)
     first = Classifier.from_pretrained(dirs[0], device=args.device)
-    corpus = open_corpus(args.input, "auto", first.columns, args.id_column)  # seqcls-predict's reader and row rules
+    corpus = Corpus(args.input, "auto", first.columns, args.id_column)  # seqcls-predict's reader and row rules
     try:
         rows = [row for _, _, chunk in corpus.chunks(8192, lambda k: True) for row in chunk]
     finally:

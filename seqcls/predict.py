@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .corpus import (INPUT_FORMATS, OUTPUT_FORMATS, BadRow, ChunkStore, Corpus, Row, _input_files, format_header,
-                     format_rows, format_skipped, open_corpus, output_format)
+from .corpus import (INPUT_FORMATS, OUTPUT_FORMATS, BadRow, ChunkStore, Corpus, Row, count_rows, format_header,
+                     format_rows, format_skipped, input_files, output_format)
 from .cli import DEBUG_FLAG, DEBUG_HELP, Stopped, run_cli
 from .data import Columns, encode_texts, join_texts
 from .errors import UsageError
@@ -493,7 +493,7 @@ def _check_options(args: argparse.Namespace) -> None:
         if value is not None and value < least:
             raise UsageError(f"--{name} must be at least {least}, got {value}")
     if args.input != "-":
-        _input_files(args.input)  # a missing input is an error before a model is loaded
+        input_files(args.input)  # a missing input is an error before a model is loaded
     if args.output:
         out = Path(args.output)
         if args.input != "-" and Path(args.input).exists() and out.resolve() == Path(args.input).resolve():
@@ -544,7 +544,7 @@ def _load(args: argparse.Namespace, workers: Workers) -> tuple[Classifier, Corpu
         label_column_name="label", id_column=args.id_column,
     ))
     cols.prompt = saved.prompt  # the trained prompt template (its {column}s are read from the input)
-    return clf, open_corpus(args.input, args.input_format, cols, args.id_column)
+    return clf, Corpus(args.input, args.input_format, cols, args.id_column)
 
 
 def _identity(args: argparse.Namespace, corpus: Corpus, fmt: str, chunk_rows: int) -> dict[str, Any]:
@@ -609,7 +609,7 @@ def _run(args: argparse.Namespace, workers: Workers, fmt: str, chunk_rows: int) 
     show = workers.main and (args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty()))
     from tqdm import tqdm
 
-    progress = tqdm(total=_count_rows(args.input) if show else None, unit=" texts", file=sys.stderr,
+    progress = tqdm(total=count_rows(args.input) if show else None, unit=" texts", file=sys.stderr,
                     dynamic_ncols=True, smoothing=0.05, disable=not show,
                     mininterval=0.1 if sys.stderr.isatty() else 30, ascii=not sys.stderr.isatty())
     counts = {"predicted": 0, "skipped": 0}
@@ -698,30 +698,6 @@ def _predict_chunk(clf: Classifier, corpus: Corpus, args, k: int, rows: list, st
     if stdout_skipped is not None:
         stdout_skipped.write(format_skipped(skipped))
     return {"predicted": len(results), "skipped": len(skipped)}
-
-
-def _count_rows(name: str) -> int | None:
-    """Lines in the input's files (Parquet: rows from its metadata), for the progress bar's total and ETA."""
-    if name == "-":
-        return None
-    try:
-        files = _input_files(name)
-    except UsageError:
-        return None
-    n = 0
-    for path in files:
-        if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            n += pq.ParquetFile(path).metadata.num_rows
-            continue
-        last = b"\n"
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                n += block.count(b"\n")
-                last = block[-1:]
-        n += last != b"\n"
-    return n
 
 
 def _finish(progress) -> None:
