@@ -306,9 +306,9 @@ def give_weights_umask_mode(directory: str | Path) -> None:
     """safetensors creates its files with mode 0600 whatever the umask (model.safetensors of the Trainer's
     checkpoints and final save), so a serving account could not read the model; give them the mode an ordinary
     open() gives, as every other file of the run has."""
-    from .outputs import _umask
+    from .outputs import current_umask
 
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~current_umask()
     for path in Path(directory).glob("*.safetensors"):
         if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
             os.chmod(path, mode)

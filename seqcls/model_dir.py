@@ -322,10 +322,9 @@ def load(model_dir: str | Path, *, device: "str | torch.device | None" = None, d
         raise UsageError(f"model directory {model_dir} does not exist; give the output_dir of a training run")
     adapter = is_adapter_dir(path)
     if not adapter and not (path / "config.json").is_file():
-        if _unfinished_run(path) is not None:
-            raise UsageError(f"{key} {path} is a training run that did not finish saving ({_unfinished_run(path)}): "
-                             "no config.json yet; rerun the same training command with this output_dir to finish "
-                             "it, or give the output_dir of a finished run")
+        unfinished = _unfinished_run(path)
+        if unfinished is not None:
+            raise _not_finished(key, path, unfinished, "no config.json yet")
         raise UsageError(f"{path} is not a model directory (no config.json); give the output_dir of a training run")
     check_model_source(str(path), use_safetensors, key=key)
     settings = read_settings(path)
@@ -343,10 +342,7 @@ def load(model_dir: str | Path, *, device: "str | torch.device | None" = None, d
         unfinished = _unfinished_run(path)
         if unfinished is None:
             raise
-        failure = str(e).split("; ")[0]  # without its generic hint
-        raise UsageError(f"{key} {path} is a training run that did not finish saving ({unfinished}): {failure}; "
-                         "rerun the same training command with this output_dir to finish it, or give the output_dir "
-                         "of a finished run") from None
+        raise _not_finished(key, path, unfinished, str(e).split("; ")[0]) from None  # without its generic hint
     if settings is None:
         settings = settings_from_config(model.config, str(path / "config.json"))
     _check_against_model(path, settings, model, tokenizer)
@@ -418,6 +414,12 @@ def _load_plain(path: Path, kwargs: dict[str, Any], key: str):
             "predictions would be random; give the output_dir of a training run, or train it first with --do_train"
         )
     return model
+
+
+def _not_finished(key: str, path: Path, unfinished: str, failure: str) -> UsageError:
+    return UsageError(f"{key} {path} is a training run that did not finish saving ({unfinished}): {failure}; rerun "
+                      "the same training command with this output_dir to finish it, or give the output_dir of a "
+                      "finished run")
 
 
 def _unfinished_run(path: Path) -> str | None:

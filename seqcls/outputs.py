@@ -19,7 +19,7 @@ from .metrics import multi_label_predictions
 TMP_SUFFIX = ".tmp"
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (os.umask can only set it)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -76,7 +76,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
             f.flush()
@@ -100,7 +100,7 @@ def atomic_dir(path: str | Path, carry: Sequence[str] = ()) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
-        mask = _umask()
+        mask = current_umask()
         for f in [tmp, *tmp.rglob("*")]:
             os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
         for name in carry:
