@@ -604,54 +604,104 @@ def _cut_text(tokenizer, text: str, max_length: int, at_least: int = 0) -> str:
     return text
 
 
-def cut_long_pairs(tokenizer, texts: list[str], pairs: list[str], max_length: int) -> tuple[list[str], list[str]]:
-    """Text pairs cut as `cut_long_texts` cuts single texts, keeping every token "longest_first" truncation keeps.
+def pair_keeps(n_first: int, n_second: int, budget: int) -> tuple[int, int]:
+    """How many tokens of each text "longest_first" truncation to `budget` keeps, from their token counts.
 
-    Why that holds (tokenizers' `truncate_encodings`; each text is tokenized alone, then truncated to a budget of
-    B = max_length - the pair's special tokens): with n_s <= n_l the two token counts and n_s + n_l > B, the
-    shorter keeps n_s and the longer B - n_s when 2 n_s <= B, else they split B in halves, the first text taking
-    the odd token unless it is the longer one strictly. A cut text keeps more than max_length + 1 >= B tokens (the
-    bound of `cut_long_texts`), and its first (last, truncating left) tokens up to B, checked. So with one text cut
-    and the other (n tokens) not: if 2 n <= B both before and after, the cut one is the longer and gets B - n; else
-    both get the halves, the same ones when B is even. When B is odd the odd token goes by which text is longer, so
-    the cuts must keep that: with one text cut, it holds when the other is shorter than both lower bounds of the
-    cut one's count (before: its length / 4 L, after: its cut count); else (and with both cut) both texts are
-    counted whole (linear time, no truncation) and the cut of the text that must stay the longer is lengthened
-    until the cut counts compare the same way (at worst both stay whole). Whole pairs cost more than whole single
-    texts: the tokenizer builds the overflowing windows of both texts and pairs every window of one with every
-    window of the other (two 7 kB texts truncated to 5 tokens take more than 12 GB).
+    tokenizers' `truncate_encodings` (LongestFirst), written out because the library applies it only to whole
+    encodings: with n_s <= n_l, the shorter keeps n_s and the longer budget - n_s when 2 n_s <= budget, else they
+    split the budget in halves, the odd token going to the first text only when it is the longer one strictly."""
+    if n_first + n_second <= budget:
+        return n_first, n_second
+    short = min(n_first, n_second)
+    long_ = short if short > budget else max(short, budget - short)
+    if short + long_ > budget:
+        short, long_ = budget // 2, budget // 2 + budget % 2
+    return (long_, short) if n_first > n_second else (short, long_)
+
+
+def cut_long_pairs(tokenizer, texts: list[str], pairs: list[str], max_length: int) -> tuple[list[str], list[str]]:
+    """Text pairs cut to the tokens "longest_first" truncation keeps of them, so that the tokenizer then truncates
+    nothing: the same ids as the whole pair, at a cost bounded by the cut of `cut_long_texts`.
+
+    Why not leave the truncation to the tokenizer: it builds the overflowing windows of both texts and pairs every
+    window of one with every window of the other, a cost that grows with the product of the two lengths (two 7 kB
+    texts truncated to 5 tokens take more than 12 GB; 100 pairs of 8,000 Chinese characters at max_length 128 ran
+    out of 24 GB). So a pair whose texts are both longer than 8 B characters (B = max_length - the pair's special
+    tokens; below that the tokenizer's own truncation was as fast or faster, benchmarks/RESULTS.md), or with one past
+    the cut of `cut_long_texts`, is cut here: each text is cut as a single text would be (its first max_length
+    tokens, on the truncation side, checked) and tokenized alone with offsets; `pair_keeps` gives how many tokens of
+    each the whole pair keeps, from the two token counts (a cut text has more than B tokens, by the bound; which of
+    two cut texts is the longer decides the odd token of an odd budget, and only then are they counted whole: linear
+    time, without the pairing of windows); each text is then cut at the offsets of its last kept token, and the
+    pair of cuts is tokenized and checked to keep exactly those tokens (a cut inside a character, or a merge the cut
+    changes, fails the check: the next few token boundaries are tried, else the pair goes to the tokenizer as cut
+    for single texts: correct, slower). Slow (Python) tokenizers give no offsets: their pairs go whole.
     """
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    longest = _longest_token(tokenizer)
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
-
     out_texts, out_pairs = list(texts), list(pairs)
-    for i, (a, b) in enumerate(zip(texts, pairs)):
-        if not isinstance(a, str) or not isinstance(b, str):
-            continue  # left to the tokenizer's own error
-        cut_a, cut_b = _cut_text(tokenizer, a, max_length), _cut_text(tokenizer, b, max_length)
-        if cut_a is a and cut_b is b:
-            continue
-        if budget % 2 == 1:  # the odd token goes to the longer text: the cuts must compare as the whole texts do
-            both = cut_a is not a and cut_b is not b
-            whole, cut, other = (a, cut_a, b) if cut_a is not a else (b, cut_b, a)
-            if both or not (count(other) < count(cut) and count(other) < len(whole) / (4 * longest)):
-                first_longer = count(a) > count(b)  # exact: linear in the texts, without the pairing of windows
-                for _ in range(64):
-                    if (count(cut_a) > count(cut_b)) == first_longer:
-                        break
-                    # lengthen the cut of the text that must come out longer (at worst up to the whole text)
-                    if first_longer and cut_a is not a:
-                        cut_a = _cut_text(tokenizer, a, max_length, at_least=2 * len(cut_a))
-                    elif not first_longer and cut_b is not b:
-                        cut_b = _cut_text(tokenizer, b, max_length, at_least=2 * len(cut_b))
-                    else:
-                        cut_a, cut_b = a, b
-                        break
-        out_texts[i], out_pairs[i] = cut_a, cut_b
+    if not getattr(tokenizer, "is_fast", False):
+        return out_texts, out_pairs
+    # a single text's cut checks its first max_length - (a single text's special tokens) tokens: at least B of them
+    cut_length = max(max_length, budget + tokenizer.num_special_tokens_to_add(pair=False))
+    whole_bound = 2 * _cut_bound(tokenizer, cut_length)  # `_cut_text` leaves a text this long whole
+    rows = [i for i, (a, b) in enumerate(zip(texts, pairs))
+            if isinstance(a, str) and isinstance(b, str)  # else left to the tokenizer's own error
+            and (min(len(a), len(b)) > 8 * budget or max(len(a), len(b)) > whole_bound)]
+    if not rows:
+        return out_texts, out_pairs  # a few windows: the tokenizer's own truncation is cheaper
+    left = getattr(tokenizer, "truncation_side", "right") == "left"
+    wholes = [t for i in rows for t in (texts[i], pairs[i])]
+    cuts = [_cut_text(tokenizer, t, cut_length) for t in wholes]
+    encoded = tokenizer(cuts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    keeps = []
+    for r in range(len(rows)):
+        counts = [len(ids[j]) if cuts[j] is wholes[j] else None for j in (2 * r, 2 * r + 1)]
+        keeps.extend(pair_keeps(*_whole_counts(tokenizer, counts, wholes[2 * r:2 * r + 2], budget), budget))
+    expected = [x[len(x) - k:] if left else x[:k] for x, k in zip(ids, keeps)]
+
+    def candidates(j: int) -> list[str]:
+        """Cuts of text j that may tokenize to its kept tokens: at its last kept token, then a few tokens on."""
+        text, k, n = cuts[j], keeps[j], len(ids[j])
+        if k >= n:
+            return [text]
+        found = [""] if k == 0 else []
+        for extra in range(4):
+            at = n - k - extra if left else k - 1 + extra
+            if 0 <= at < n:
+                found.append(text[offsets[j][at][0]:] if left else text[:offsets[j][at][1]])
+        return list(dict.fromkeys(found))
+
+    def keeps_expected(r: int, got, index: int) -> bool:
+        kept = [[t for t, s in zip(got["input_ids"][index], got.sequence_ids(index)) if s == j] for j in (0, 1)]
+        return kept == expected[2 * r:2 * r + 2]
+
+    options = [(candidates(2 * r), candidates(2 * r + 1)) for r in range(len(rows))]
+    # the first cuts of every row in one call (the usual case), the others row by row where the first fails
+    got = tokenizer([o[0][0] for o in options], [o[1][0] for o in options], truncation="longest_first",
+                    max_length=max_length, verbose=False)
+    for r, i in enumerate(rows):
+        chosen = (options[r][0][0], options[r][1][0]) if keeps_expected(r, got, r) else next(
+            ((f, s) for f in options[r][0] for s in options[r][1] if keeps_expected(
+                r, tokenizer([f], [s], truncation="longest_first", max_length=max_length, verbose=False), 0)), None)
+        out_texts[i], out_pairs[i] = chosen or (cuts[2 * r], cuts[2 * r + 1])
     return out_texts, out_pairs
+
+
+def _whole_counts(tokenizer, counts: list[int | None], wholes: list[str], budget: int) -> list[int]:
+    """Token counts of a pair's two whole texts, or counts that give the same `pair_keeps`; None: a cut text."""
+    if None in counts:  # a cut text has more than B tokens (at least len / 4 L: `cut_long_texts`' bound)
+        lower = [len(t) / (4 * _longest_token(tokenizer)) for t in wholes]
+        for j in (0, 1):
+            other = counts[1 - j]
+            if counts[j] is None and other is not None and (other < lower[j] or budget % 2 == 0):
+                counts[j] = max(other + 1, budget + 1)  # the longer one: how much longer changes nothing
+        if counts == [None, None] and budget % 2 == 0:
+            counts = [budget + 1, budget + 1]  # both long: the budget's halves
+        for j, t in enumerate(wholes):
+            if counts[j] is None:  # which is longer decides the odd token: count whole (linear, no window pairs)
+                counts[j] = len(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"])
+    return counts
 
 
 def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, padding: bool | str = False,
@@ -715,8 +765,8 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
         "max_length": max_length,
         "pad_to_max_length": pad_to_max_length,
         "template": cols.prompt.resolve(tokenizer),  # the chat template lives outside the backend's JSON
-        "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, _cut_text, cut_long_pairs, encode_texts,
-                                                tokenize, encode_with_template)],
+        "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, _cut_text, pair_keeps, cut_long_pairs,
+                                                _whole_counts, encode_texts, tokenize, encode_with_template)],
     }
     digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()
