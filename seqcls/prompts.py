@@ -173,9 +173,13 @@ def _cut_row(tokenizer, template: str, row: dict[str, Any], length: int, max_len
             n = keep[k]
             if n == len(offsets):
                 continue
+            # a character split over two byte tokens (an emoji, a rare CJK character) gives both its span: a cut
+            # between them keeps the whole character, i.e. one token more than asked, round after round; so the cut
+            # is before (after, truncating left) such a character
             if side == "left":
-                row[k] = text[offsets[len(offsets) - n][0]:] if n else ""
+                first = len(offsets) - n
+                row[k] = text[max(offsets[first][0], offsets[first - 1][1]):] if n else ""
             else:
-                row[k] = text[:offsets[n - 1][1]] if n else ""
+                row[k] = text[:min(offsets[n - 1][1], offsets[n][0])] if n else ""
         length = len(tokenizer(fill(template, row))["input_ids"])
     raise UsageError(f"prompt_template: could not cut a text to fit max_seq_length {max_length}")

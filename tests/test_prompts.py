@@ -61,6 +61,21 @@ def test_truncation_cuts_the_text_not_the_template_or_the_marker(tiny_model_dir,
     assert ids[1] == tok(fill(TEMPLATE, {"text": "好"}))["input_ids"]
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_cut_inside_a_character_of_two_byte_tokens_still_fits(tokenizer, side):
+    """" 👁" is two byte tokens that both span the emoji: a cut between them used to keep the whole emoji, one token
+    over, every round, until "could not cut". Now every budget fits, and the kept text is the text's own end."""
+    text = "ok 👁👁👁 fine 👁👁"
+    tokenizer.truncation_side = side
+    try:
+        for max_length in range(3, 12):
+            ids = encode_texts(tokenizer, [text], None, max_length, prompt=Prompt("Q: {text}!"))["input_ids"][0]
+            kept = tokenizer.decode(ids)[len("Q: "):-1]
+            assert len(ids) <= max_length and (text.startswith(kept) if side == "right" else text.endswith(kept))
+    finally:
+        tokenizer.truncation_side = "right"
+
+
 def test_pair_and_column_placeholders(tokenizer):
     prompt = Prompt("[{topic}] {text} || {text_pair}")
     assert prompt.extra_columns() == ["topic"]
