@@ -8,9 +8,10 @@ Every row is then `effective.format_map(row)`, tokenized whole, so a consumer th
 
 Truncation cuts the text, never the template or the pooling marker: a filled row longer than max_length gets its
 {text} (and {text_pair}, longest first) cut, on the tokenizer's truncation side, at a token boundary of the text
-alone, then is tokenized whole again (repeated while boundary merges leave it over). A huge text is first capped to
-a few more tokens than max_length (`encode_with_template`'s `cut`), so its cost is bounded; other columns a template
-reads ({column}) are never cut. This module imports nothing of ours but errors.
+alone, then is tokenized whole again (repeated while boundary merges leave it over). A huge {text} or {text_pair}
+is read only at its ends (`encode_with_template`'s `cut`, `_cut_capped`), so its cost is bounded and its kept tokens
+are the same; other columns a template reads ({column}) are never cut. This module imports nothing of ours but
+errors.
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def _cut_capped(tokenizer, template: str, row: dict[str, Any], precut: dict[str,
       room, and when both texts are longer than half of it they split it the same way whichever is longer (ties:
       {text} gives up a token first). The cut is then at the same offsets, and later rounds see the same row.
     - The template's tokens (row's - texts') depend on how each text's ends merge with the template's literals
-      (e.g. "。" before "\n", a space before a word), so they are counted on a stand-in for the whole text: its
+      (e.g. "。" before "\\n", a space before a word), so they are counted on a stand-in for the whole text: its
       kept end (`precut`) joined to as many characters of its other end; the join's tokens are counted in both the
       row and the text alone, so they cancel. This is the whole text's count where the tokens at its far end are
       decided within those characters, as `seqcls.data._cut_text` assumes (and checks) of the kept end.
@@ -213,7 +214,8 @@ def _cut_capped(tokenizer, template: str, row: dict[str, Any], precut: dict[str,
         # the text is longer than twice `near` (data._cut_text), so the two ends do not overlap
         stand_in[k] = row[k][:len(near)] + near if left else near + row[k][-len(near):]
         surplus += count(stand_in[k]) - c
-    length = len(tokenizer(fill(template, stand_in))["input_ids"]) - surplus  # the whole row's template tokens
+    # the whole row's length were its huge texts c tokens long: its template tokens counted as the whole texts meet them
+    length = len(tokenizer(fill(template, stand_in))["input_ids"]) - surplus
     if length <= max_length:
         return _cut_whole(tokenizer, template, row, max_length)
     return _cut_row(tokenizer, template, capped, length, max_length)
