@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import prompts
 from .errors import UsageError
 from .labels import MULTI, REGRESSION, SINGLE, LabelSpace, _kind
 from .prompts import Prompt, encode_with_template
@@ -577,7 +578,7 @@ def cut_long_texts(tokenizer, texts: list[str], max_length: int) -> list[str]:
     holds between pre-token boundaries (spaces, punctuation) but is not guaranteed inside one very long word (a
     run of CJK characters is a single Qwen2 pre-token). So each cut is checked: the prefix of K characters and the
     prefix of 2K must give the same truncated ids, else K doubles (at worst the text stays whole, as before).
-    Pairs: `cut_long_pairs`. Prompt templates are tokenized whole (see `encode_texts`).
+    Pairs: `cut_long_pairs`. Texts inside a prompt template: `encode_texts`.
     """
     return [_cut_text(tokenizer, t, max_length) for t in texts]
 
@@ -713,10 +714,10 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
     With a `prompt` each row is its filled template (one sequence; `extra` holds the template's other columns) and
     only the text inside it is cut (`seqcls.prompts.encode_with_template`).
 
-    Huge texts are cut first (`cut_long_texts`, `cut_long_pairs`), except inside a template: there the text's first
-    cut keeps (whole row's tokens - text's own tokens) fewer tokens than max_length, a difference that depends on
-    how the text's END merges with the template's next literal (right truncation), which a cut changes and no
-    bound decides; so such rows stay whole (linear time and memory, no overflowing windows), not cut unproven.
+    Huge texts are cut first (`cut_long_texts`, `cut_long_pairs`), inside a template too: {text} and {text_pair} are
+    cut by `_cut_text` to characters that keep their first (last, truncating left) max_length + 1 + CAP_TRIES tokens,
+    all that `seqcls.prompts._cut_capped` reads of a huge text besides as many characters of its other end (where
+    that end meets the template). The template's other columns ({column}) are not cut.
     """
     template = prompt.resolve(tokenizer) if prompt is not None else None
     special = tokenizer.num_special_tokens_to_add(pair=pairs is not None and template is None)
@@ -724,7 +725,9 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
         raise UsageError(f"max_seq_length {max_length} leaves no room for text beside the {special} special token(s) "
                          f"the tokenizer adds; use at least {special + 1}")
     if template is not None:
-        return encode_with_template(tokenizer, template, texts, pairs, extra, max_length, padding)
+        # `special` (one sequence here) raises _cut_text's max_length so that it compares `tokens` of the text itself
+        return encode_with_template(tokenizer, template, texts, pairs, extra, max_length, padding,
+                                    cut=lambda text, tokens: _cut_text(tokenizer, text, tokens + special))
     if pairs is None:
         texts = cut_long_texts(tokenizer, texts, max_length)
     else:
@@ -766,7 +769,9 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
         "pad_to_max_length": pad_to_max_length,
         "template": cols.prompt.resolve(tokenizer),  # the chat template lives outside the backend's JSON
         "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, _cut_text, pair_keeps, cut_long_pairs,
-                                                _whole_counts, encode_texts, tokenize, encode_with_template)],
+                                                _whole_counts, encode_texts, tokenize, encode_with_template,
+                                                prompts._cut_capped, prompts._cut_whole, prompts._cut_row)]
+                + [prompts.CAP_TRIES],
     }
     digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()

@@ -8,14 +8,16 @@ Every row is then `effective.format_map(row)`, tokenized whole, so a consumer th
 
 Truncation cuts the text, never the template or the pooling marker: a filled row longer than max_length gets its
 {text} (and {text_pair}, longest first) cut, on the tokenizer's truncation side, at a token boundary of the text
-alone, then is tokenized whole again (repeated while boundary merges leave it over). This module imports nothing of
-ours but errors.
+alone, then is tokenized whole again (repeated while boundary merges leave it over). A huge {text} or {text_pair}
+is read only at its ends (`encode_with_template`'s `cut`, `_cut_capped`), so its cost is bounded and its kept tokens
+are the same; other columns a template reads ({column}) are never cut. This module imports nothing of ours but
+errors.
 """
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import UsageError
 
@@ -131,21 +133,99 @@ def filled_rows(template: str, texts: Sequence[str], pairs: Sequence[str] | None
     return rows
 
 
+# How many tokens past max_length + 1 `_cut_capped` may cap a huge text at when the cap at max_length + 1 does not
+# tokenize back to the text's own tokens (a character split over two byte tokens): any cap above max_length gives
+# the same cut
+CAP_TRIES = 8
+
+
 def encode_with_template(tokenizer, template: str, texts: Sequence[str], pairs: Sequence[str] | None,
-                         extra: dict[str, Sequence[Any]] | None, max_length: int, padding: bool | str = False):
-    """Tokenize every row as the filled template, cutting only the texts of rows longer than max_length."""
+                         extra: dict[str, Sequence[Any]] | None, max_length: int, padding: bool | str = False,
+                         cut: Callable[[str, int], str] | None = None):
+    """Tokenize every row as the filled template, cutting only the texts of rows longer than max_length.
+
+    `cut(text, n)` (from `seqcls.data`, which owns the bound) returns a prefix of the text (a suffix when the tokenizer
+    truncates left) of a few thousand characters whose first (last) n tokens, tokenized alone, are the whole text's,
+    or the text itself when it is not that long. A row with such a cut {text} or {text_pair} is cut by `_cut_capped`,
+    which reads that prefix and as many characters of the text's other end: bounded time and memory for a text of
+    any size, and the tokens the whole text gives. Other rows (and every row without `cut`) are measured and cut
+    whole, as before. The template's other columns ({column}) are never cut.
+    """
     rows = filled_rows(template, texts, pairs, extra)
     missing = [n for n in Prompt(template).extra_columns() if n not in rows[0]] if rows else []
     if missing:
         raise UsageError(f"prompt_template reads column(s) {missing}, which this input does not give; pass them "
                          "(seqcls-predict reads them from the input file's columns)")
-    strings = [fill(template, r) for r in rows]
-    lengths = [len(ids) for ids in tokenizer(strings, add_special_tokens=True)["input_ids"]]
-    for i, n in enumerate(lengths):
+    cap = max_length + 1 + CAP_TRIES
+    precut = [{k: cut(r[k], cap) if cut is not None and k in (TEXT, PAIR) and isinstance(r[k], str) else r[k]
+               for k in r} for r in rows]
+    huge = [any(p[k] is not r[k] for k in (TEXT, PAIR) if k in r) for r, p in zip(rows, precut)]
+    strings = ["" if h else fill(template, r) for r, h in zip(rows, huge)]  # a huge row is never filled whole
+    short = [i for i in range(len(rows)) if not huge[i]]
+    lengths = ([len(ids) for ids in tokenizer([strings[i] for i in short], add_special_tokens=True)["input_ids"]]
+               if short else [])  # the tokenizer refuses an empty batch
+    for i, n in zip(short, lengths):
         if n > max_length:
             strings[i] = _cut_row(tokenizer, template, rows[i], n, max_length)
+    for i in (i for i in range(len(rows)) if huge[i]):
+        strings[i] = _cut_capped(tokenizer, template, rows[i], precut[i], max_length)
     return tokenizer(strings, truncation=False, padding="max_length" if padding is True else False,
                      max_length=max_length if padding is True else None)
+
+
+def _cut_capped(tokenizer, template: str, row: dict[str, Any], precut: dict[str, Any], max_length: int) -> str:
+    """`_cut_row` for a row with a huge text, reading only the few thousand characters at each end of that text.
+
+    `_cut_row`'s first round keeps max_length - (row's tokens - texts' own tokens) tokens of the texts, split longest
+    first, and cuts each text at a token boundary of the text alone. Here:
+    - The counts are capped: each huge text is cut to its first (last, truncating left) c = max_length + 1 tokens
+      (c + 1, ... where the cap does not tokenize back to the text's own first c tokens, e.g. a character split over
+      two byte tokens). The longest-first split keeps the same number of each text's tokens from counts capped at
+      any c above the room the row leaves its texts (at most max_length): a capped text stays longer than that
+      room, and when both texts are longer than half of it they split it the same way whichever is longer (ties:
+      {text} gives up a token first). The cut is then at the same offsets, and later rounds see the same row.
+    - The template's tokens (row's - texts') depend on how each text's ends merge with the template's literals
+      (e.g. "。" before "\\n", a space before a word), so they are counted on a stand-in for the whole text: its
+      kept end (`precut`) joined to as many characters of its other end; the join's tokens are counted in both the
+      row and the text alone, so they cancel. This is the whole text's count where the tokens at its far end are
+      decided within those characters, as `seqcls.data._cut_text` assumes (and checks) of the kept end.
+    Where the row would fit (at most max_length tokens, only through boundary merges) or no cap up to c + CAP_TRIES
+    tokenizes back to the text's own tokens, nothing is guessed: the row is cut from its whole texts (rare, linear).
+    """
+    left = getattr(tokenizer, "truncation_side", "right") == "left"
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    capped, stand_in = dict(row), dict(row)
+    surplus = 0  # tokens the stand-ins have beyond the capped texts
+    for k, near in precut.items():
+        if k not in (TEXT, PAIR) or near is row[k]:
+            continue
+        encoded = tokenizer(near, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        for c in range(max_length + 1, min(max_length + 1 + CAP_TRIES, len(ids) - 1) + 1):
+            part = near[offsets[-c][0]:] if left else near[:offsets[c - 1][1]]
+            if tokenizer(part, add_special_tokens=False)["input_ids"] == (ids[-c:] if left else ids[:c]):
+                capped[k] = part
+                break
+        else:
+            return _cut_whole(tokenizer, template, row, max_length)
+        # the text is longer than twice `near` (data._cut_text), so the two ends do not overlap
+        stand_in[k] = row[k][:len(near)] + near if left else near + row[k][-len(near):]
+        surplus += count(stand_in[k]) - c
+    # the whole row's length were its huge texts c tokens long: its template tokens counted as the whole texts meet them
+    length = len(tokenizer(fill(template, stand_in))["input_ids"]) - surplus
+    if length <= max_length:
+        return _cut_whole(tokenizer, template, row, max_length)
+    return _cut_row(tokenizer, template, capped, length, max_length)
+
+
+def _cut_whole(tokenizer, template: str, row: dict[str, Any], max_length: int) -> str:
+    """The row cut from its whole texts (what every row got before huge texts were capped)."""
+    filled = fill(template, row)
+    length = len(tokenizer(filled)["input_ids"])
+    return filled if length <= max_length else _cut_row(tokenizer, template, row, length, max_length)
 
 
 def _cut_row(tokenizer, template: str, row: dict[str, Any], length: int, max_length: int) -> str:
@@ -173,9 +253,13 @@ def _cut_row(tokenizer, template: str, row: dict[str, Any], length: int, max_len
             n = keep[k]
             if n == len(offsets):
                 continue
+            # a character split over two byte tokens (an emoji, a rare CJK character) gives both its span: a cut
+            # between them keeps the whole character, i.e. one token more than asked, round after round; so the cut
+            # is before (after, truncating left) such a character
             if side == "left":
-                row[k] = text[offsets[len(offsets) - n][0]:] if n else ""
+                first = len(offsets) - n
+                row[k] = text[max(offsets[first][0], offsets[first - 1][1]):] if n else ""
             else:
-                row[k] = text[:offsets[n - 1][1]] if n else ""
+                row[k] = text[:min(offsets[n - 1][1], offsets[n][0])] if n else ""
         length = len(tokenizer(fill(template, row))["input_ids"])
     raise UsageError(f"prompt_template: could not cut a text to fit max_seq_length {max_length}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from conftest import ROOT, run_cli
 from seqcls.data import encode_texts
 from seqcls.errors import UsageError
 from seqcls.labels import LabelSpace
-from seqcls.prompts import Prompt, fill
+from seqcls import prompts
+from seqcls.prompts import Prompt, encode_with_template, fill
 
 TEMPLATE = "评论：{text}\n情感："
 # Qwen2's ChatML template as Qwen2-Instruct ships it (the tiny build has none)
@@ -59,6 +61,102 @@ def test_truncation_cuts_the_text_not_the_template_or_the_marker(tiny_model_dir,
     assert (text.startswith(kept) if side == "right" else text.endswith(kept)) and 0 < len(kept) < len(text)
     # a short row is exactly the tokenizer on the filled template (what pipeline gets when sent it)
     assert ids[1] == tok(fill(TEMPLATE, {"text": "好"}))["input_ids"]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_cut_inside_a_character_of_two_byte_tokens_still_fits(tokenizer, side):
+    """" 👁" is two byte tokens that both span the emoji: a cut between them used to keep the whole emoji, one token
+    over, every round, until "could not cut". Now every budget fits, and the kept text is the text's own end."""
+    text = "ok 👁👁👁 fine 👁👁"
+    tokenizer.truncation_side = side
+    try:
+        for max_length in range(3, 12):
+            ids = encode_texts(tokenizer, [text], None, max_length, prompt=Prompt("Q: {text}!"))["input_ids"][0]
+            kept = tokenizer.decode(ids)[len("Q: "):-1]
+            assert len(ids) <= max_length and (text.startswith(kept) if side == "right" else text.endswith(kept))
+    finally:
+        tokenizer.truncation_side = "right"
+
+
+def huge_texts() -> tuple[str, str]:
+    """A 108 kB Chinese text (the example reviews run together) and a 100 kB English one, longer than twice the cut
+    bound of max_length 22 (2 x 4 x 128 x (22 + 11) = 33,792 characters). Their ends meet the templates below as a
+    cut end does not: the Chinese one ends in "。", which merges with a following "\n", and both start with a word,
+    which merges with a space before it."""
+    rng = random.Random(0)
+    rows = [json.loads(line)["text"] for line in open(ROOT / "data/example.jsonl", encoding="utf-8")]
+    zh = "".join(rng.choice(rows) for _ in range(2_000))[:35_999] + "。"
+    words = "the soup was cold and rice fine but driver kind we will order again never slow late hot".split()
+    sentences = (" ".join(rng.choice(words) for _ in range(rng.randrange(3, 12))).capitalize() + rng.choice(".!?,")
+                 for _ in range(25_000))
+    en = " ".join(sentences)[:99_999] + "."
+    return zh, en
+
+
+@pytest.fixture
+def tokenized(monkeypatch):
+    """Every string the tokenizer is given (the real tokenizer runs)."""
+    from transformers import PreTrainedTokenizerBase
+
+    seen: list[str] = []
+    original = PreTrainedTokenizerBase.__call__
+
+    def call(self, text=None, *args, **kwargs):
+        seen.extend(t for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", call)
+    return seen
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_huge_text_in_a_template_is_cut_from_its_ends_to_the_tokens_the_whole_text_gives(
+        tiny_model_dir, chat_model_dir, side, tokenized):
+    """The template's cut of a huge text reads a few thousand characters at each end of it (never the whole text)
+    and keeps the tokens that cutting the whole text keeps (the reference: encode_with_template without `cut`), in
+    a single and a pair template, with the chat template and with a pooling marker; the rows whose texts are under
+    the cut bound (over max_length or not) are cut whole, as before."""
+    from transformers import AutoTokenizer
+
+    from seqcls.modeling import append_pooling_token
+
+    plain, chat, marked = (AutoTokenizer.from_pretrained(d) for d in (tiny_model_dir, chat_model_dir, tiny_model_dir))
+    append_pooling_token(marked, "<|endoftext|>")
+    zh, en = huge_texts()
+    medium = zh[:3_000]  # more tokens than max_length, fewer characters than the cut bound
+    pair = Prompt("Q: {text} || A: {text_pair}\n")
+    cases = [(plain, Prompt(TEMPLATE), [zh, en, medium, "好吃"], None, 17),
+             (marked, Prompt("Review: {text}\nSentiment:"), [zh, en, medium], None, 16),
+             (chat, Prompt(TEMPLATE, True, "分类评论"), [zh, en], None, 22),  # 19 tokens of template
+             (plain, pair, [zh, en, "short one", medium], [en, "好", zh, zh], 17),  # the texts share 17 - 9 tokens:
+             (plain, pair, [zh, zh[1:]], [en, zh], 16)]  # an even number and an odd one (the pair takes the odd one)
+    for tokenizer, prompt, texts, pairs, max_length in cases:
+        tokenizer.truncation_side = side
+        whole = encode_with_template(tokenizer, prompt.resolve(tokenizer), texts, pairs, None, max_length)
+        tokenized.clear()
+        got = encode_texts(tokenizer, texts, pairs, max_length, prompt=prompt)
+        assert got["input_ids"] == whole["input_ids"]
+        assert not any(huge in seen for huge in (zh, en, zh[1:]) for seen in tokenized)  # never a huge text whole
+        assert all(len(ids) <= max_length for ids in got["input_ids"])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_huge_text_whose_cap_splits_a_character_is_capped_later_or_cut_whole(tokenizer, side, tokenized,
+                                                                               monkeypatch):
+    """" 👁" is two byte tokens: a cap after an odd number of them splits an emoji and does not tokenize back to the
+    text's own tokens. The cap moves on by a token; with no further try allowed the row is cut from the whole text
+    (the fallback); both keep the tokens the whole text gives."""
+    tokenizer.truncation_side = side
+    text, max_length = " 👁" * 15_000, 16  # the cap at max_length + 1 tokens splits an emoji
+    try:
+        whole = encode_with_template(tokenizer, TEMPLATE, [text], None, None, max_length)["input_ids"]
+        for tries, reads_whole in ((prompts.CAP_TRIES, False), (0, True)):
+            monkeypatch.setattr(prompts, "CAP_TRIES", tries)
+            tokenized.clear()
+            assert encode_texts(tokenizer, [text], None, max_length, prompt=Prompt(TEMPLATE))["input_ids"] == whole
+            assert any(text in seen for seen in tokenized) == reads_whole
+    finally:
+        tokenizer.truncation_side = "right"
 
 
 def test_pair_and_column_placeholders(tokenizer):
