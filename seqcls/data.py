@@ -574,10 +574,16 @@ def cut_long_texts(tokenizer, texts: list[str], max_length: int) -> list[str]:
     lowercasing or stripping accents removes at most that many too. So K characters of the original text give at
     least K / (4 L) tokens, and K = 4 L (max_length + 2) gives max_length tokens with a 2-token margin: the count
     of kept tokens is never short.
-    Identity of those tokens also needs the pre-tokenizer and BPE to decide each token from nearby text, which
-    holds between pre-token boundaries (spaces, punctuation) but is not guaranteed inside one very long word (a
-    run of CJK characters is a single Qwen2 pre-token). So each cut is checked: the prefix of K characters and the
-    prefix of 2K must give the same truncated ids, else K doubles (at worst the text stays whole, as before).
+    Identity of those tokens. The model (BPE, WordPiece) tokenizes each pre-token ("word") on its own, so the
+    tokens of the words before a word boundary do not depend on the text after it; inside one word they may (BPE
+    pairs a run of "好" from the word's start: a cut on the left truncation side changed the last token). So the
+    cut is made at a word boundary: the window of the first 2K characters (last, truncating left) is tokenized with
+    word ids and cut at the end of the word at character K (the start of the word K characters from its end); if
+    that word runs to the window's far end, or the cut's truncated ids differ from the window's, K doubles (at worst
+    the text stays whole, as before). What is assumed is only that the pre-tokenizer decides a word boundary from
+    nearby characters (its regex looks one character ahead). A tokenizer that splits no words (SentencePiece
+    models reading the whole text as one, e.g. Llama 2's) is cut at K and checked against windows of 2K and 2K + 1
+    characters (runs of one character differ by parity): checked, not proven.
     Pairs: `cut_long_pairs`. Texts inside a prompt template: `encode_texts`.
     """
     return [_cut_text(tokenizer, t, max_length) for t in texts]
@@ -593,16 +599,60 @@ def _cut_text(tokenizer, text: str, max_length: int, at_least: int = 0) -> str:
     if len(text) <= 2 * k:
         return text
     left = getattr(tokenizer, "truncation_side", "right") == "left"
+    splits = _splits_words(tokenizer)
 
     def ids(part: str) -> list[int]:
-        return tokenizer(part, truncation=True, max_length=max_length)["input_ids"]
+        return tokenizer(part, truncation=True, max_length=max_length, verbose=False)["input_ids"]
 
     while 2 * k < len(text):
-        short, longer = (text[-k:], text[-2 * k:]) if left else (text[:k], text[:2 * k])
-        if ids(short) == ids(longer):
-            return short
+        window = text[-2 * k:] if left else text[:2 * k]
+        if splits:
+            at = _word_boundary(tokenizer, window, k, left)
+            short = None if at is None else (window[at:] if left else window[:at])
+            if short is not None and ids(short) == ids(window):
+                return short
+        else:  # no pre-token boundaries to cut at: checked against two windows of different parity (not proven)
+            short = text[-k:] if left else text[:k]
+            other = text[-2 * k - 1:] if left else text[:2 * k + 1]
+            if ids(short) == ids(window) == ids(other):
+                return short
         k *= 2
     return text
+
+
+def _splits_words(tokenizer) -> bool:
+    """Whether the tokenizer's pre-tokenizer splits text into words (Qwen2, Llama 3, WordPiece; not SentencePiece
+    models that see the whole text as one word, such as Llama 2's)."""
+    cached = getattr(tokenizer, "_seqcls_splits_words", None)
+    if cached is None:
+        probe = tokenizer("a b c", add_special_tokens=False) if getattr(tokenizer, "is_fast", False) else None
+        cached = probe is not None and len({w for w in probe.word_ids() if w is not None}) > 1
+        tokenizer._seqcls_splits_words = cached
+    return cached
+
+
+def _word_boundary(tokenizer, window: str, k: int, left: bool) -> int | None:
+    """Where to cut `window` (the text's first characters, or its last when truncating left) so that the kept
+    part is at least k characters long and ends (starts) where the pre-tokenizer ends (starts) a word: the end of the
+    word at character k - 1 (the start of the word at len - k). None when that word runs to the window's far end,
+    where the text past the window could still change it."""
+    import bisect
+
+    encoded = tokenizer(window, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    words, offsets = encoded.word_ids(), encoded["offset_mapping"]
+    if not words:
+        return None
+    if left:
+        i = max(bisect.bisect_right([start for start, _ in offsets], len(window) - k) - 1, 0)
+        first = i
+        while first > 0 and words[first - 1] == words[i]:
+            first -= 1
+        return None if first == 0 else offsets[first][0]
+    i = min(bisect.bisect_left([end for _, end in offsets], k), len(offsets) - 1)
+    last = i
+    while last + 1 < len(words) and words[last + 1] == words[i]:
+        last += 1
+    return None if last == len(words) - 1 else offsets[last][1]
 
 
 def pair_keeps(n_first: int, n_second: int, budget: int) -> tuple[int, int]:
@@ -768,10 +818,10 @@ def tokenization_fingerprint(tokenizer, label_space: LabelSpace | None, cols: Co
         "max_length": max_length,
         "pad_to_max_length": pad_to_max_length,
         "template": cols.prompt.resolve(tokenizer),  # the chat template lives outside the backend's JSON
-        "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, _cut_text, pair_keeps, cut_long_pairs,
-                                                _whole_counts, encode_texts, tokenize, encode_with_template,
-                                                prompts._cut_capped, prompts._cut_whole, prompts._cut_row)]
-                + [prompts.CAP_TRIES],
+        "code": [inspect.getsource(f) for f in (join_texts, cut_long_texts, _cut_text, _splits_words, _word_boundary,
+                                                pair_keeps, cut_long_pairs, _whole_counts, encode_texts, tokenize,
+                                                encode_with_template, prompts._cut_capped, prompts._cut_whole,
+                                                prompts._cut_row)] + [prompts.CAP_TRIES],
     }
     digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()

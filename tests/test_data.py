@@ -119,8 +119,8 @@ def test_a_full_surrogate_pair_and_an_escaped_backslash_are_text(tmp_path):
 
 def long_texts() -> list[str]:
     """Lines past the cut bound for max_length 4 (6,144 characters): reviews run together (punctuation splits
-    pre-tokens), one 8,000-character word (a single Qwen2 pre-token), letters with combining marks and Hangul jamo
-    (NFC composes them)."""
+    pre-tokens), one 8,000-character word (a single Qwen2 pre-token: never cut for Qwen2, cut between its
+    characters for WordPiece), letters with combining marks and Hangul jamo (NFC composes them)."""
     import random
 
     rng = random.Random(0)
@@ -144,10 +144,12 @@ def test_cutting_a_huge_text_keeps_every_token_truncation_keeps(qwen2_tokenizer,
 
     tokenizer = qwen2_tokenizer
     tokenizer.truncation_side = side
-    texts = long_texts()
+    # + a run of one character of odd length: one Qwen2 word, which BPE pairs from its start, so that a cut of an
+    # even number of characters changes the last token on the left (cut at a word boundary only: it stays whole)
+    texts = long_texts() + ["好" * 6145]
     assert min(len(t) for t in texts[:3]) > 2 * 4 * 128 * (4 + 2)
     cut = cut_long_texts(tokenizer, texts, 4)
-    assert [len(c) < len(t) for c, t in zip(cut, texts)] == [True, True, True, False]
+    assert [len(c) < len(t) for c, t in zip(cut, texts)] == [True, False, True, False, False]
     assert all((t.endswith(c) if side == "left" else t.startswith(c)) for c, t in zip(cut, texts))
     whole = tokenizer(texts, truncation=True, max_length=4)["input_ids"]
     assert encode_texts(tokenizer, texts, None, 4)["input_ids"] == whole
