@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,6 +49,35 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_entry_point(args: list[str], capfd) -> SimpleNamespace:
+    """Run `python run_classification.py ARGS` / `python -m seqcls.predict|merge ARGS` in this process, as a
+    CompletedProcess-like result (returncode, stdout, stderr), for tests whose claim is not about the process itself:
+    a subprocess pays about 7 CPU-s of imports (torch, transformers) before it does anything. Each command keeps at
+    least one test through `run_cli`. An exception that escapes the entry point is a traceback, as the real process
+    would print it."""
+    import traceback
+
+    from seqcls import merge, predict, train
+
+    modules = {"seqcls.predict": predict.cli, "seqcls.merge": merge.cli}
+    if args[0] == "-m":
+        entry, argv = modules[args[1]], args[2:]
+    else:
+        assert args[0].endswith("run_classification.py"), args
+        entry, argv = train.cli, args[1:]
+    capfd.readouterr()
+    try:
+        code = entry(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code if isinstance(e.code, int) else 2
+    except BaseException:  # noqa: BLE001 - what the process would die of, shown as the traceback it would print
+        code, trace = 1, traceback.format_exc()
+    else:
+        trace = ""
+    captured = capfd.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err + trace)
 
 
 def train_args(model_dir: Path, output_dir: Path, *extra: str, data: str = "data/example.jsonl",
