@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,13 +21,17 @@ os.environ.setdefault("HF_HOME", str(ROOT / ".hf_home"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# The longest files first (seconds of fixtures + tests, --durations on a loaded 2-core run: cv 226, sweep 166,
-# speed_options 161, export 157, faults 83, distributed 82), the others after them in collection order: under
-# `-n 2 --dist loadfile` the short files then fill in at the end and both workers finish together. pytest-xdist
-# would instead order files by their number of tests, which queues these few-but-long end-to-end files among the
-# last (scripts/test.sh passes --no-loadscope-reorder so that this order is kept).
-LONGEST_FIRST = ("test_cv.py", "test_sweep.py", "test_speed_options.py", "test_export.py", "test_faults.py",
-                 "test_distributed.py")
+# The longest files first (CPU seconds of fixtures + tests per file, measured with -n 2 on this 2-core machine after
+# the end-to-end runs that needed no process of their own went in-process: model_dir ~125, cv ~100, distributed
+# ~85, export ~85, sweep ~75, resume ~70, bad_input ~55, predict ~55, faults ~55, predict_distributed ~45,
+# train ~45), the others after them in collection order: under `-n 2 --dist loadfile` each file goes to the worker
+# that is free, so longest first is the classic greedy schedule and the short files fill in at the end, both
+# workers finishing together. pytest-xdist would instead order files by their number of tests, which queues these
+# few-but-long end-to-end files among the last (scripts/test.sh passes --no-loadscope-reorder so that this order
+# is kept). test_model_dir was not listed before and ran among the last although it is the longest file.
+LONGEST_FIRST = ("test_model_dir.py", "test_cv.py", "test_distributed.py", "test_export.py", "test_sweep.py",
+                 "test_resume.py", "test_bad_input.py", "test_predict.py", "test_faults.py",
+                 "test_predict_distributed.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -48,6 +53,35 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_entry_point(args: list[str], capfd) -> SimpleNamespace:
+    """Run `python run_classification.py ARGS` / `python -m seqcls.predict|merge ARGS` in this process, as a
+    CompletedProcess-like result (returncode, stdout, stderr), for tests whose claim is not about the process itself:
+    a subprocess pays about 7 CPU-s of imports (torch, transformers) before it does anything. Each command keeps at
+    least one test through `run_cli`. An exception that escapes the entry point is a traceback, as the real process
+    would print it."""
+    import traceback
+
+    from seqcls import merge, predict, train
+
+    modules = {"seqcls.predict": predict.cli, "seqcls.merge": merge.cli}
+    if args[0] == "-m":
+        entry, argv = modules[args[1]], args[2:]
+    else:
+        assert args[0].endswith("run_classification.py"), args
+        entry, argv = train.cli, args[1:]
+    capfd.readouterr()
+    try:
+        code = entry(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code if isinstance(e.code, int) else 2
+    except BaseException:  # noqa: BLE001 - what the process would die of, shown as the traceback it would print
+        code, trace = 1, traceback.format_exc()
+    else:
+        trace = ""
+    captured = capfd.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err + trace)
 
 
 def train_args(model_dir: Path, output_dir: Path, *extra: str, data: str = "data/example.jsonl",

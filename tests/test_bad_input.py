@@ -20,36 +20,13 @@ from typing import Callable
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_entry_point
 
-# cases run as a real process too (exit status of the program, nothing on stderr but the one line)
-SUBPROCESS = {"invalid_json_line", "missing_label_column", "model_without_score_head", "cli_unknown_option"}
+# cases run as a real process (exit status of the program, nothing on stderr but the one line): one per command
+# (training and prediction both have an invalid_json_line case); the others run the same entry point in-process,
+# where each real process would first spend about 7 CPU-s importing torch and transformers
+SUBPROCESS = {"invalid_json_line"}
 
-
-def run_entry_point(args: list[str], capfd) -> SimpleNamespace:
-    """Run `python run_classification.py ARGS` / `python -m seqcls.predict ARGS` in this process, as a
-    CompletedProcess-like result (returncode, stdout, stderr). An exception that escapes the entry point is a
-    traceback, as the real process would print it."""
-    import traceback
-
-    from seqcls import predict, train
-
-    if args[:2] == ["-m", "seqcls.predict"]:
-        entry, argv = predict.cli, args[2:]
-    else:
-        assert args[0].endswith("run_classification.py"), args
-        entry, argv = train.cli, args[1:]
-    capfd.readouterr()
-    try:
-        code = entry(argv)
-    except SystemExit as e:  # argparse's own errors
-        code = e.code if isinstance(e.code, int) else 2
-    except BaseException:  # noqa: BLE001 - what the process would die of, shown as the traceback it would print
-        code, trace = 1, traceback.format_exc()
-    else:
-        trace = ""
-    captured = capfd.readouterr()
-    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err + trace)
 
 GOOD = '{"text": "好吃，还会再来", "label": "积极"}'
 BAD = '{"text": "太难吃了", "label": "消极"}'
@@ -427,12 +404,12 @@ def test_bom_and_crlf_are_accepted_and_logged(name, content, tmp_path, caplog):
 @pytest.fixture(scope="module")
 def trained_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A classifier from a two-step training run on the example data (the output_dir is the model)."""
+    from seqcls.train import main  # in-process: the model is what the tests need, not the process
+
     out = tmp_path_factory.mktemp("trained") / "model"
-    proc = run_cli(str(ROOT / "run_classification.py"), "--model_name_or_path", str(tiny_model_dir),
-                   "--train_file", str(ROOT / "data/example.jsonl"), "--output_dir", str(out), "--do_train",
-                   "--max_seq_length", "64", "--max_steps", "2", "--use_cpu", "true", "--report_to", "none",
-                   "--save_strategy", "no", "--seed", "0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main(["--model_name_or_path", str(tiny_model_dir), "--train_file", str(ROOT / "data/example.jsonl"),
+          "--output_dir", str(out), "--do_train", "--max_seq_length", "64", "--max_steps", "2", "--use_cpu", "true",
+          "--report_to", "none", "--save_strategy", "no", "--seed", "0"])
     return out
 
 

@@ -284,11 +284,13 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
          "--per_device_train_batch_size", "4", "--output_dir", str(ddp_out),
          "--log_level", "info", "--log_level_replica", "info"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, stdout=log_file, stderr=subprocess.STDOUT)
-    # the one-process reference runs meanwhile, with its own cache
-    single = run_cli(str(ROOT / "run_classification.py"), "--model_name_or_path", str(tiny_model_dir), *train_args,
-                     *common, "--per_device_train_batch_size", "8", "--output_dir", str(single_out),
-                     env={**env, "HF_HOME": str(tmp / "hf-single")})
+    # the one-process reference runs meanwhile, in this process (the session's own datasets cache, not the launch's;
+    # a subprocess would only add the imports of torch and transformers)
+    from seqcls.train import main
+
     try:
+        main(["--model_name_or_path", str(tiny_model_dir), *train_args, *common, "--per_device_train_batch_size", "8",
+              "--output_dir", str(single_out)])
         ddp.wait(timeout=600)
     finally:
         if ddp.poll() is None:
@@ -296,10 +298,7 @@ def ddp_runs(tiny_model_dir, tmp_path_factory):
         log_file.close()
     ddp_log = log_path.read_text(encoding="utf-8", errors="replace")
     assert ddp.returncode == 0, ddp_log[-4000:]
-    assert single.returncode == 0, single.stderr[-3000:]
-    evaluated = run_cli(str(ROOT / "run_classification.py"), "--model_name_or_path", str(ddp_out), *common,
-                        "--output_dir", str(eval_out), env={**env, "HF_HOME": str(tmp / "hf-single")})
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    main(["--model_name_or_path", str(ddp_out), *common, "--output_dir", str(eval_out)])
     return {"ddp": ddp_out, "single": single_out, "eval": eval_out, "log": ddp_log, "test": test, "dev": dev,
             "init": tiny_model_dir}
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import MINILM, ROOT, run_cli, train_args
+from conftest import MINILM, ROOT, run_cli, run_entry_point, train_args
 from seqcls.data import encode_texts
 
 TEST_TEXTS = [json.loads(line)["text"] for line in (ROOT / "data/example_test.jsonl").read_text().splitlines()]
@@ -63,7 +63,7 @@ def test_lora_run_writes_an_adapter_directory(lora_run):
 
 
 @pytest.mark.slow
-def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path):
+def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path, capfd):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     from seqcls.metrics import softmax
@@ -79,12 +79,13 @@ def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path):
     written = np.array([[r["probabilities"][n] for n in names] for r in rows])
     np.testing.assert_allclose(softmax(adapter_logits), written, atol=2e-6)
 
-    # evaluating / predicting with the adapter directory through the CLI: same predictions, same pooling token
+    # evaluating / predicting with the adapter directory through the training entry point (in-process; the CLI
+    # itself is the lora_run above): same predictions, same pooling token
+    from seqcls.train import main
+
     predicted = tmp_path / "predict"
-    proc = run_cli(str(ROOT / "run_classification.py"), "--model_name_or_path", str(out), "--test_file",
-                   str(ROOT / "data/example_test.jsonl"), "--do_predict", "--output_dir", str(predicted),
-                   "--use_cpu", "true", "--report_to", "none", "--max_seq_length", "64")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main(["--model_name_or_path", str(out), "--test_file", str(ROOT / "data/example_test.jsonl"), "--do_predict",
+          "--output_dir", str(predicted), "--use_cpu", "true", "--report_to", "none", "--max_seq_length", "64"])
     assert (predicted / "predict_results.jsonl").read_text() == (out / "predict_results.jsonl").read_text()
 
     merged = tmp_path / "merged"
@@ -102,8 +103,8 @@ def test_adapter_reloads_and_merges_with_the_same_logits(lora_run, tmp_path):
     assert {d["label"]: d["score"] for d in got} == pytest.approx(dict(zip(names, adapter_logits[0].tolist())),
                                                                    abs=1e-5)
 
-    # merging into a non-empty directory is refused (nothing overwritten)
-    again = run_cli("-m", "seqcls.merge", str(out), str(merged))
+    # merging into a non-empty directory is refused (nothing overwritten); in-process, the real command ran above
+    again = run_entry_point(["-m", "seqcls.merge", str(out), str(merged)], capfd)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_entry_point
 from seqcls import model_dir
 from seqcls.errors import UsageError
 from seqcls.labels import MULTI, REGRESSION, SINGLE
@@ -287,7 +287,7 @@ def test_settings_round_trip():
     assert settings.thresholds == (0.3, 0.6) and settings.columns.text == ["text"]
 
 
-def test_directory_that_is_not_a_trained_classifier(tiny_model_dir, trained, tmp_path):
+def test_directory_that_is_not_a_trained_classifier(tiny_model_dir, trained, tmp_path, capfd):
     from seqcls import Classifier
 
     with pytest.raises(UsageError, match="has no trained classification head .score.weight is not in its weights"):
@@ -304,9 +304,11 @@ def test_directory_that_is_not_a_trained_classifier(tiny_model_dir, trained, tmp
     (broken / "seqcls.json").write_text(json.dumps(settings))
     with pytest.raises(UsageError, match="field 'label_space' has 2 label"):
         Classifier.from_pretrained(broken, device="cpu")
-    # the CLI: one line, exit 2, no output written
+    # the CLI's entry point (in-process; test_predict runs the real process on a bad model directory): one line,
+    # exit 2, no output written
     out = tmp_path / "p.jsonl"
-    proc = run_cli("-m", "seqcls.predict", str(broken), str(ROOT / "data/example_test.jsonl"), "-o", str(out))
+    proc = run_entry_point(["-m", "seqcls.predict", str(broken), str(ROOT / "data/example_test.jsonl"), "-o",
+                            str(out)], capfd)
     assert proc.returncode == 2 and "seqcls.json: field 'label_space'" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -197,16 +197,17 @@ def test_rotation_never_deletes_the_best_checkpoint(tiny_model_dir, tmp_path):
 
     With learning rate 0 every evaluation is equal, so the first checkpoint stays the best (ties do not replace it).
     """
+    from seqcls.train import main  # in-process: the claim is about the checkpoints a run leaves, not the process
+
     out = tmp_path / "out"
-    proc = run_cli(str(ROOT / "run_classification.py"), "--model_name_or_path", str(tiny_model_dir),
-                   "--train_file", str(ROOT / "data/example.jsonl"), "--max_train_samples", "48",
-                   "--validation_file", str(ROOT / "data/example_test.jsonl"), "--max_eval_samples", "8",
-                   "--output_dir", str(out), "--do_train", "--max_seq_length", "32", "--max_steps", "8",
-                   "--per_device_train_batch_size", "8", "--learning_rate", "0",
-                   "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
-                   "--save_total_limit", "2", "--load_best_model_at_end", "true",
-                   "--use_cpu", "true", "--report_to", "none", "--seed", "0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main(["--model_name_or_path", str(tiny_model_dir),
+          "--train_file", str(ROOT / "data/example.jsonl"), "--max_train_samples", "48",
+          "--validation_file", str(ROOT / "data/example_test.jsonl"), "--max_eval_samples", "8",
+          "--output_dir", str(out), "--do_train", "--max_seq_length", "32", "--max_steps", "8",
+          "--per_device_train_batch_size", "8", "--learning_rate", "0",
+          "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+          "--save_total_limit", "2", "--load_best_model_at_end", "true",
+          "--use_cpu", "true", "--report_to", "none", "--seed", "0"])
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"] == str(out / "checkpoint-2")
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-8"]

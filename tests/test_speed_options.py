@@ -1,20 +1,23 @@
-"""The throughput options end to end: each changes speed, not results (or only as documented)."""
+"""The throughput options end to end: each changes speed, not results (or only as documented). The runs call the
+training entry point in-process (`seqcls.train.main`, what `run_classification.py` runs): the claims are about what
+training computes, and tests/test_train.py runs the real CLI."""
 import json
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import run_cli, train_args
+from conftest import train_args
+
 
 def run(model_dir, out, *extra):
-    proc = run_cli(*train_args(model_dir, out, "--eval_strategy", "epoch", "--logging_steps", "1", *extra))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from seqcls.train import main
+
+    main(train_args(model_dir, out, "--eval_strategy", "epoch", "--logging_steps", "1", *extra)[1:])
     return {
         "results": json.loads((out / "all_results.json").read_text()),
         "args": json.loads((out / "run_args.json").read_text()),
         "state": json.loads((out / "trainer_state.json").read_text()),
         "predictions": (out / "predict_results.jsonl").read_text(),
-        "log": proc.stdout,
     }
 
 

@@ -87,11 +87,13 @@ def test_tuned_thresholds_are_saved_and_used_by_evaluation_and_prediction(tuned_
     assert all(sorted(r["label"]) == decided(r, thresholds, names) for r in rows)
 
     # a later prediction-only run with the trained model reads the thresholds from its seqcls.json
+    # (in-process: the entry point the CLI runs; the tuning run above is the real command)
+    from seqcls.train import main
+
     again = tmp_path / "predict"
-    proc = run_cli(str(ROOT / "run_classification.py"), "--model_name_or_path", str(out),
-                   "--test_file", str(ROOT / "data/example_multilabel.jsonl"), "--do_predict",
-                   "--output_dir", str(again), "--use_cpu", "true", "--report_to", "none", "--max_seq_length", "64")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main(["--model_name_or_path", str(out), "--test_file", str(ROOT / "data/example_multilabel.jsonl"),
+          "--do_predict", "--output_dir", str(again), "--use_cpu", "true", "--report_to", "none",
+          "--max_seq_length", "64"])
     rows_again = [json.loads(line) for line in (again / "predict_results.jsonl").read_text().splitlines()]
     assert [r["label"] for r in rows_again] == [r["label"] for r in rows]
     assert json.loads((again / "test_report.json").read_text())["thresholds"] == thresholds

@@ -1,19 +1,28 @@
-"""End to end: the real CLI in a subprocess on the tiny model, as a user runs it."""
+"""End to end: the real CLI in a subprocess on the tiny model, as a user runs it (the single-label run, shared by
+the tests that read its outputs); the other runs call the same entry point in-process (`seqcls.train.main`/`cli`):
+their claims are about what training writes, and a subprocess would add about 7 CPU-s of imports to each."""
 import json
 
 import pytest
 
-from conftest import ROOT, run_cli, train_args
+from conftest import ROOT, run_cli, run_entry_point, train_args
 
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_single_label_run_writes_every_output(tiny_model_dir, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def single_run(tiny_model_dir, tmp_path_factory):
+    """`python run_classification.py ...` in a subprocess: train, evaluate, predict (single-label)."""
+    out = tmp_path_factory.mktemp("train") / "run"
     proc = run_cli(*train_args(tiny_model_dir, out))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_single_label_run_writes_every_output(single_run):
+    out = single_run
     for name in ("model.safetensors", "config.json", "tokenizer.json", "train_results.json", "eval_results.json",
                  "all_results.json", "trainer_state.json", "predict_results.jsonl", "test_report.json",
                  "eval_report.json", "seqcls.json"):
@@ -33,10 +42,11 @@ def test_single_label_run_writes_every_output(tiny_model_dir, tmp_path):
 
 
 def test_multi_label_run(tiny_model_dir, tmp_path):
+    from seqcls.train import main
+
     out = tmp_path / "ml"
-    proc = run_cli(*train_args(tiny_model_dir, out, data="data/example_multilabel.jsonl",
-                               test="data/example_multilabel.jsonl"), "--max_predict_samples", "20")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main([*train_args(tiny_model_dir, out, data="data/example_multilabel.jsonl",
+                      test="data/example_multilabel.jsonl")[1:], "--max_predict_samples", "20"])
     config = json.loads((out / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
     assert sorted(config["id2label"].values()) == ["account", "billing", "product_quality", "refund", "shipping"]
@@ -48,10 +58,11 @@ def test_multi_label_run(tiny_model_dir, tmp_path):
 
 
 def test_sentence_pair_regression_run(tiny_model_dir, tmp_path):
+    from seqcls.train import main
+
     out = tmp_path / "reg"
-    proc = run_cli(*train_args(tiny_model_dir, out, "--text_pair_column_name", "text_pair",
-                               data="data/example_pair.jsonl", test="data/example_pair.jsonl"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main(train_args(tiny_model_dir, out, "--text_pair_column_name", "text_pair", data="data/example_pair.jsonl",
+                    test="data/example_pair.jsonl")[1:])
     config = json.loads((out / "config.json").read_text())
     assert config["problem_type"] == "regression" and len(config["id2label"]) == 1
     results = json.loads((out / "all_results.json").read_text())
@@ -60,23 +71,22 @@ def test_sentence_pair_regression_run(tiny_model_dir, tmp_path):
     assert len(rows) == 120 and all(isinstance(r["label"], float) for r in rows)
 
 
-def test_pipeline_loads_the_output_and_prints_label_names(tiny_model_dir, tmp_path):
+def test_pipeline_loads_the_output_and_prints_label_names(single_run):
     from transformers import pipeline
 
-    out = tmp_path / "pipe"
-    proc = run_cli(*train_args(tiny_model_dir, out, test=None))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    clf = pipeline("text-classification", model=str(out), device="cpu")
+    clf = pipeline("text-classification", model=str(single_run), device="cpu")
     assert clf(["送餐很快，好吃"])[0]["label"] in {"积极", "消极", "中立"}
 
 
 def train_steps(model_dir, out, batch, accumulation):
-    return run_cli(*train_args(model_dir, out, "--per_device_train_batch_size", str(batch),
-                               "--gradient_accumulation_steps", str(accumulation), "--max_steps", "3",
-                               "--optim", "sgd", "--learning_rate", "0.5", "--logging_steps", "1",
-                               "--lr_scheduler_type", "constant",
-                               "--max_tokens_per_batch", "off",  # fixed rows: the claim is about 8 rows a step
-                               test=None))
+    from seqcls.train import main
+
+    main(train_args(model_dir, out, "--per_device_train_batch_size", str(batch),
+                    "--gradient_accumulation_steps", str(accumulation), "--max_steps", "3",
+                    "--optim", "sgd", "--learning_rate", "0.5", "--logging_steps", "1",
+                    "--lr_scheduler_type", "constant",
+                    "--max_tokens_per_batch", "off",  # fixed rows: the claim is about 8 rows a step
+                    test=None)[1:])
 
 
 def test_gradient_accumulation_is_exact(tiny_model_dir, tmp_path):
@@ -88,8 +98,7 @@ def test_gradient_accumulation_is_exact(tiny_model_dir, tmp_path):
     runs = {}
     for batch, accumulation in ((8, 1), (2, 4)):
         out = tmp_path / f"ga{batch}x{accumulation}"
-        proc = train_steps(tiny_model_dir, out, batch, accumulation)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        train_steps(tiny_model_dir, out, batch, accumulation)
         state = json.loads((out / "trainer_state.json").read_text())
         losses = [h["loss"] for h in state["log_history"] if "loss" in h]
         runs[batch] = (losses, load_file(out / "model.safetensors"))
@@ -102,18 +111,20 @@ def test_gradient_accumulation_is_exact(tiny_model_dir, tmp_path):
         torch.testing.assert_close(weights_b[name], tensor, atol=1e-5, rtol=1e-4)
 
 
-def test_rerun_resumes_and_a_finished_run_is_not_clobbered(tiny_model_dir, tmp_path):
+def test_rerun_resumes_and_a_finished_run_is_not_clobbered(tiny_model_dir, tmp_path, capfd, caplog):
+    """The entry point in-process (exit status, stderr and the log as the process would give them)."""
     out = tmp_path / "resume"
-    first = run_cli(*train_args(tiny_model_dir, out, "--save_strategy", "steps", "--save_steps", "5",
-                                "--max_steps", "5", test=None))
+    argv = train_args(tiny_model_dir, out, "--save_strategy", "steps", "--save_steps", "5", "--max_steps", "5",
+                      test=None)
+    first = run_entry_point(argv, capfd)
     assert first.returncode == 0, first.stderr[-3000:]
     listing = sorted(p.name for p in out.iterdir())
-    again = run_cli(*train_args(tiny_model_dir, out, "--save_strategy", "steps", "--save_steps", "5",
-                                "--max_steps", "5", test=None))
+    caplog.clear()
+    again = run_entry_point(argv, capfd)
     # the same command again: a finished run is recognised (its checkpoint is not resumed past max_steps), nothing
     # is rewritten, and it succeeds, as sweeps rely on
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "nothing to do" in again.stdout + again.stderr and "resuming from" not in again.stdout + again.stderr
+    assert "nothing to do" in caplog.text and "resuming from" not in caplog.text + again.stdout + again.stderr
     assert sorted(p.name for p in out.iterdir()) == listing
     # without checkpoints, a finished output_dir is refused, and left as it was
     for ckpt in out.glob("checkpoint-*"):
@@ -121,7 +132,7 @@ def test_rerun_resumes_and_a_finished_run_is_not_clobbered(tiny_model_dir, tmp_p
 
         shutil.rmtree(ckpt)
     listing = sorted(p.name for p in out.iterdir())
-    refused = run_cli(*train_args(tiny_model_dir, out, test=None))
+    refused = run_entry_point(train_args(tiny_model_dir, out, test=None), capfd)
     assert refused.returncode == 2
     assert "already holds a finished run" in refused.stderr and "--overwrite_output_dir true" in refused.stderr
     assert "Traceback" not in refused.stderr
