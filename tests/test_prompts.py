@@ -79,7 +79,7 @@ def test_a_cut_inside_a_character_of_two_byte_tokens_still_fits(tokenizer, side)
 
 
 def huge_texts() -> tuple[str, str]:
-    """A 108 kB Chinese text (the example reviews run together) and a 100 kB English one, longer than twice the cut
+    """A 108 kB Chinese text (the example reviews run together) and a 36 kB English one, longer than twice the cut
     bound of max_length 22 (2 x 4 x 128 x (22 + 11) = 33,792 characters). Their ends meet the templates below as a
     cut end does not: the Chinese one ends in "。", which merges with a following "\n", and both start with a word,
     which merges with a space before it."""
@@ -88,8 +88,8 @@ def huge_texts() -> tuple[str, str]:
     zh = "".join(rng.choice(rows) for _ in range(2_000))[:35_999] + "。"
     words = "the soup was cold and rice fine but driver kind we will order again never slow late hot".split()
     sentences = (" ".join(rng.choice(words) for _ in range(rng.randrange(3, 12))).capitalize() + rng.choice(".!?,")
-                 for _ in range(25_000))
-    en = " ".join(sentences)[:99_999] + "."
+                 for _ in range(9_000))
+    en = " ".join(sentences)[:35_999] + "."
     return zh, en
 
 
@@ -109,19 +109,27 @@ def tokenized(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_a_huge_text_in_a_template_is_cut_from_its_ends_to_the_tokens_the_whole_text_gives(
-        tiny_model_dir, chat_model_dir, side, tokenized):
-    """The template's cut of a huge text reads a few thousand characters at each end of it (never the whole text)
-    and keeps the tokens that cutting the whole text keeps (the reference: encode_with_template without `cut`), in
-    a single and a pair template, with the chat template and with a pooling marker; the rows whose texts are under
-    the cut bound (over max_length or not) are cut whole, as before."""
+@pytest.fixture(scope="module")
+def chat_and_marked(tiny_model_dir, chat_model_dir):
+    """The chat tokenizer, and the plain one with a pooling marker (loaded once: 1.5 CPU-s each)."""
     from transformers import AutoTokenizer
 
     from seqcls.modeling import append_pooling_token
 
-    plain, chat, marked = (AutoTokenizer.from_pretrained(d) for d in (tiny_model_dir, chat_model_dir, tiny_model_dir))
+    chat, marked = (AutoTokenizer.from_pretrained(d) for d in (chat_model_dir, tiny_model_dir))
     append_pooling_token(marked, "<|endoftext|>")
+    yield chat, marked
+    chat.truncation_side = marked.truncation_side = "right"
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_huge_text_in_a_template_is_cut_from_its_ends_to_the_tokens_the_whole_text_gives(
+        tokenizer, chat_and_marked, side, tokenized):
+    """The template's cut of a huge text reads a few thousand characters at each end of it (never the whole text)
+    and keeps the tokens that cutting the whole text keeps (the reference: encode_with_template without `cut`), in
+    a single and a pair template, with the chat template and with a pooling marker; the rows whose texts are under
+    the cut bound (over max_length or not) are cut whole, as before."""
+    plain, (chat, marked) = tokenizer, chat_and_marked
     zh, en = huge_texts()
     medium = zh[:3_000]  # more tokens than max_length, fewer characters than the cut bound
     pair = Prompt("Q: {text} || A: {text_pair}\n")
@@ -130,14 +138,15 @@ def test_a_huge_text_in_a_template_is_cut_from_its_ends_to_the_tokens_the_whole_
              (chat, Prompt(TEMPLATE, True, "分类评论"), [zh, en], None, 22),  # 19 tokens of template
              (plain, pair, [zh, en, "short one", medium], [en, "好", zh, zh], 17),  # the texts share 17 - 9 tokens:
              (plain, pair, [zh, zh[1:]], [en, zh], 16)]  # an even number and an odd one (the pair takes the odd one)
-    for tokenizer, prompt, texts, pairs, max_length in cases:
-        tokenizer.truncation_side = side
-        whole = encode_with_template(tokenizer, prompt.resolve(tokenizer), texts, pairs, None, max_length)
+    for tok, prompt, texts, pairs, max_length in cases:
+        tok.truncation_side = side
+        whole = encode_with_template(tok, prompt.resolve(tok), texts, pairs, None, max_length)
         tokenized.clear()
-        got = encode_texts(tokenizer, texts, pairs, max_length, prompt=prompt)
+        got = encode_texts(tok, texts, pairs, max_length, prompt=prompt)
         assert got["input_ids"] == whole["input_ids"]
         assert not any(huge in seen for huge in (zh, en, zh[1:]) for seen in tokenized)  # never a huge text whole
         assert all(len(ids) <= max_length for ids in got["input_ids"])
+    plain.truncation_side = "right"
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
