@@ -594,8 +594,8 @@ def _cut_bound(tokenizer, max_length: int) -> int:
     return 4 * _longest_token(tokenizer) * (max_length + 2)
 
 
-def _cut_text(tokenizer, text: str, max_length: int, at_least: int = 0) -> str:
-    k = max(_cut_bound(tokenizer, max_length), at_least)
+def _cut_text(tokenizer, text: str, max_length: int) -> str:
+    k = _cut_bound(tokenizer, max_length)
     if len(text) <= 2 * k:
         return text
     left = getattr(tokenizer, "truncation_side", "right") == "left"
